@@ -1,0 +1,74 @@
+"""Loss modules: thin ``nn.Module`` wrappers over :mod:`deepmetric.functional`.
+
+Every loss is reachable by name through :func:`build_loss`, which validates its parameters
+against the class signature (an unknown parameter is an error naming the closest valid one).
+Classes are imported lazily so that optional pieces never slow down ``import deepmetric``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from typing import Any
+
+from torch import nn
+
+from deepmetric.errors import ConfigError, closest_match, unknown_name_message
+from deepmetric.losses.base import MetricLoss, PairLoss
+
+#: loss name -> "module:Class" (module relative to deepmetric.losses)
+LOSS_REGISTRY: dict[str, str] = {
+    "contrastive": "contrastive:ContrastiveLoss",
+    "osm_caa": "osm_caa:OSMCAALoss",
+    "triplet": "triplet:TripletLoss",
+    "lifted_structure": "lifted:LiftedStructureLoss",
+    "npair": "npair:NPairLoss",
+    "angular": "angular:AngularLoss",
+    "multi_similarity": "multi_similarity:MultiSimilarityLoss",
+    "proxy_anchor": "proxy_anchor:ProxyAnchorLoss",
+    "normalized_softmax": "classification:NormalizedSoftmaxLoss",
+    "ranked_list": "ranked_list:RankedListLoss",
+    "center_structured": "center_structured:CenterStructuredLoss",
+}
+
+
+def loss_class(name: str) -> type[nn.Module]:
+    """The class registered under ``name``."""
+    if name not in LOSS_REGISTRY:
+        raise ConfigError(unknown_name_message("loss", name, LOSS_REGISTRY))
+    module_name, class_name = LOSS_REGISTRY[name].split(":")
+    module = importlib.import_module(f"deepmetric.losses.{module_name}")
+    return getattr(module, class_name)
+
+
+def check_kwargs(target: Any, kwargs: dict[str, Any], what: str) -> None:
+    """Raise :class:`ConfigError` if ``kwargs`` has a key that ``target``'s signature lacks."""
+    params = inspect.signature(target).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [n for n, p in params.items() if n != "self"]
+    for key in kwargs:
+        if key not in valid:
+            hint = closest_match(key, valid)
+            did = f" Did you mean '{hint}'?" if hint else ""
+            raise ConfigError(
+                f"unknown parameter '{key}' for {what}.{did} Valid parameters: {', '.join(valid)}."
+            )
+
+
+def build_loss(name: str, **params: Any) -> nn.Module:
+    """Instantiate the loss registered as ``name`` with validated keyword parameters."""
+    cls = loss_class(name)
+    check_kwargs(cls, params, f"loss '{name}'")
+    return cls(**params)
+
+
+def __getattr__(attr: str) -> Any:
+    for path in LOSS_REGISTRY.values():
+        module_name, class_name = path.split(":")
+        if class_name == attr:
+            return getattr(importlib.import_module(f"deepmetric.losses.{module_name}"), class_name)
+    raise AttributeError(f"module 'deepmetric.losses' has no attribute '{attr}'")
+
+
+__all__ = ["LOSS_REGISTRY", "MetricLoss", "PairLoss", "build_loss", "check_kwargs", "loss_class"]
