@@ -1,0 +1,94 @@
+r"""Multi-similarity loss and its pair mining, as pure functions of a similarity matrix.
+
+Wang, Han, Huang, Dong, Scott, "Multi-Similarity Loss with General Pair Weighting for Deep
+Metric Learning", CVPR 2019 (arXiv 1904.06627).
+
+For an anchor :math:`i` with positive set :math:`P_i` and negative set :math:`N_i` (after
+mining), on cosine similarities :math:`S`:
+
+.. math::
+
+    L_i = \frac{1}{\alpha} \log\Big(1 + \sum_{j \in P_i} e^{-\alpha (S_{ij} - \lambda)}\Big)
+        + \frac{1}{\beta}  \log\Big(1 + \sum_{k \in N_i} e^{\beta (S_{ik} - \lambda)}\Big),
+    \qquad L = \frac{1}{N} \sum_{i=1}^{N} L_i .
+
+Pair mining (the paper's Sec. 3.3), computed on the detached matrix:
+
+* a negative is kept when :math:`S_{ik} + \epsilon > \min_{y_j = y_i} S_{ij}`,
+* a positive is kept when :math:`S_{ij} - \epsilon < \max_{y_k \ne y_i} S_{ik}`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def masked_log1p_sum_exp(x: Tensor, mask: Tensor, dim: int) -> Tensor:
+    r""":math:`\log(1 + \sum_{j : mask_j} e^{x_j})` along ``dim``, computed stably.
+
+    Equal to ``logsumexp`` over the masked entries plus one extra zero logit: the running
+    maximum is clamped at 0, so neither large nor very negative logits overflow. An empty
+    mask gives exactly 0 with a zero (not NaN) gradient. Masked-out entries may hold any
+    finite or infinite value; they never reach the result or the gradient.
+    """
+    z = x.masked_fill(~mask, float("-inf"))
+    shift = z.amax(dim=dim, keepdim=True).clamp_min(0.0).detach()
+    total = torch.exp(z - shift).sum(dim=dim, keepdim=True) + torch.exp(-shift)
+    return (shift + torch.log(total)).squeeze(dim)
+
+
+@torch.no_grad()
+def multi_similarity_mining(
+    sim: Tensor, pos_mask: Tensor, neg_mask: Tensor, epsilon: float = 0.1
+) -> tuple[Tensor, Tensor]:
+    r"""The paper's hard-pair mining: return the kept ``(pos_mask, neg_mask)``.
+
+    Per anchor (row) a negative is kept if :math:`S_{ik} + \epsilon` exceeds the anchor's
+    least similar positive, and a positive is kept if :math:`S_{ij} - \epsilon` is below the
+    anchor's most similar negative. An anchor with no positive keeps no negative and vice
+    versa (the bound over an empty set is :math:`+\infty` / :math:`-\infty`). The masks are
+    selections, computed without gradient.
+    """
+    min_pos = sim.masked_fill(~pos_mask, float("inf")).amin(dim=1, keepdim=True)
+    max_neg = sim.masked_fill(~neg_mask, float("-inf")).amax(dim=1, keepdim=True)
+    kept_neg = neg_mask & (sim + epsilon > min_pos)
+    kept_pos = pos_mask & (sim - epsilon < max_neg)
+    return kept_pos, kept_neg
+
+
+def multi_similarity_loss(
+    sim: Tensor,
+    pos_mask: Tensor,
+    neg_mask: Tensor,
+    alpha: float = 2.0,
+    beta: float = 50.0,
+    base: float = 0.5,
+    epsilon: float = 0.1,
+    mining: bool = True,
+) -> Tensor:
+    r"""Multi-similarity loss of an N x M similarity matrix (see the module docstring).
+
+    Args:
+        sim: N x M similarities (cosine in the paper), anchors in rows.
+        pos_mask, neg_mask: boolean N x M positive / negative pair masks.
+        alpha: positive scale :math:`\alpha` (paper: 2).
+        beta: negative scale :math:`\beta` (paper: 50).
+        base: similarity margin :math:`\lambda` (paper: 0.5, written ``base`` as in
+            the official code).
+        epsilon: mining margin :math:`\epsilon` (paper: 0.1); used only if ``mining``.
+        mining: apply :func:`multi_similarity_mining` before the loss.
+
+    Returns:
+        The mean over all N anchors. An empty set (no kept positive or negative) makes its
+        term :math:`\log 1 = 0`; with mining, an anchor lacking positives or negatives keeps no
+        pair at all and contributes 0 (the official code skips it but still divides by N).
+        The value stays connected to the graph with a zero gradient.
+    """
+    if sim.shape[0] == 0 or sim.shape[1] == 0:
+        return sim.sum() * 0.0
+    if mining:
+        pos_mask, neg_mask = multi_similarity_mining(sim, pos_mask, neg_mask, epsilon)
+    pos_term = masked_log1p_sum_exp(-alpha * (sim - base), pos_mask, dim=1) / alpha
+    neg_term = masked_log1p_sum_exp(beta * (sim - base), neg_mask, dim=1) / beta
+    return (pos_term + neg_term).mean()
