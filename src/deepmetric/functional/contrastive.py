@@ -1,0 +1,171 @@
+r"""Contrastive loss (Hadsell, Chopra, LeCun, "Dimensionality Reduction by Learning an Invariant
+Mapping", CVPR 2006) as a pure function of a distance matrix and label masks.
+
+Per pair, with Euclidean distance :math:`d_{ij}`:
+
+.. math::
+
+    \ell^+_{ij} = [d_{ij} - m_+]_+^{p}, \qquad \ell^-_{ij} = [m_- - d_{ij}]_+^{p},
+
+with :math:`p = 2` when ``squared`` else :math:`p = 1`. The paper's form is ``pos_margin=0``,
+``squared=True`` (its factor 1/2 is a constant scale and left out). Optional per-pair weights
+:math:`w^\pm_{ij}` turn it into a *weighted* contrastive loss (OSM+CAA reuses
+:func:`weighted_contrastive`). The function returns the positive and the negative term
+separately, so a caller can mix them (e.g. :math:`(1-\lambda) L_P + \lambda L_N`).
+
+This module also holds the small helpers the other pair losses share: input checks and the
+reduction of a masked matrix of per-pair (or per-triplet-group) losses.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from deepmetric.errors import ConfigError, InputError, unknown_name_message
+from deepmetric.functional.masks import upper_triangle
+
+#: reductions understood by :func:`reduce_masked`
+REDUCTIONS: tuple[str, ...] = ("mean", "mean_active", "sum")
+
+
+def check_reduction(reduction: str) -> None:
+    """Raise :class:`ConfigError` unless ``reduction`` is one of :data:`REDUCTIONS`."""
+    if reduction not in REDUCTIONS:
+        raise ConfigError(unknown_name_message("reduction", reduction, REDUCTIONS))
+
+
+def check_pair_inputs(
+    matrix: Tensor, pos_mask: Tensor, neg_mask: Tensor, square: bool = False, name: str = "matrix"
+) -> None:
+    """Raise :class:`InputError` unless ``matrix`` is a 2-D float tensor and both masks are
+    boolean tensors of the same shape (and, with ``square``, the matrix is N x N)."""
+    if matrix.dim() != 2 or not matrix.is_floating_point():
+        raise InputError(
+            f"{name} must be a 2-D float pair matrix, got shape {tuple(matrix.shape)} and dtype "
+            f"{matrix.dtype}; build it with deepmetric.functional.pairwise_matrix"
+        )
+    for mask_name, mask in (("pos_mask", pos_mask), ("neg_mask", neg_mask)):
+        if mask.shape != matrix.shape or mask.dtype != torch.bool:
+            raise InputError(
+                f"{mask_name} must be a boolean tensor of the {name}'s shape {tuple(matrix.shape)}, "
+                f"got shape {tuple(mask.shape)} and dtype {mask.dtype}; "
+                "build the masks with deepmetric.functional.label_masks"
+            )
+    if square and matrix.shape[0] != matrix.shape[1]:
+        raise InputError(
+            f"this loss needs a square N x N {name} of the batch against itself (it reads rows of "
+            f"positives), got shape {tuple(matrix.shape)}; pass the self-comparison matrix"
+        )
+
+
+def reduce_masked(
+    losses: Tensor,
+    mask: Tensor,
+    reduction: str = "mean",
+    weight: Tensor | None = None,
+    count: Tensor | None = None,
+    active_count: Tensor | None = None,
+) -> Tensor:
+    r"""Reduce the entries of ``losses`` selected by ``mask`` to a scalar.
+
+    * ``"mean"``: :math:`\sum w \ell / \sum w` over the selected entries (the plain mean when
+      ``weight`` is ``None``);
+    * ``"mean_active"``: the same, but the denominator only counts entries with :math:`\ell > 0`;
+    * ``"sum"``: :math:`\sum w \ell`.
+
+    ``count`` / ``active_count`` override the denominators (for entries that stand for several
+    terms, e.g. one anchor-positive pair summing over its negatives). An empty denominator gives
+    0 with a zero gradient that stays connected to the graph (never NaN).
+    """
+    check_reduction(reduction)
+    w = mask.to(losses.dtype) if weight is None else weight.to(losses.dtype) * mask
+    # ``where`` keeps unselected entries out of the sum even when they are not finite.
+    total = torch.where(mask, losses * w, torch.zeros_like(losses)).sum()
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        denom = w.sum() if count is None else count.to(losses.dtype)
+    else:
+        denom = (w * (losses > 0)).sum() if active_count is None else active_count.to(losses.dtype)
+    # An empty denominator means every selected term is 0 (no entry, zero weight or no active
+    # entry), so dividing by 1 instead returns that 0 without a host sync or a NaN.
+    return total / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+def contrastive_pair_losses(
+    dist: Tensor, pos_margin: float = 0.0, neg_margin: float = 1.0, squared: bool = False
+) -> tuple[Tensor, Tensor]:
+    r"""Element-wise :math:`([d - m_+]_+^p,\ [m_- - d]_+^p)` for every entry of ``dist``."""
+    pos = torch.relu(dist - pos_margin)
+    neg = torch.relu(neg_margin - dist)
+    if squared:
+        return pos * pos, neg * neg
+    return pos, neg
+
+
+def weighted_contrastive(
+    dist: Tensor,
+    pos_mask: Tensor,
+    neg_mask: Tensor,
+    pos_weight: Tensor | None = None,
+    neg_weight: Tensor | None = None,
+    pos_margin: float = 0.0,
+    neg_margin: float = 1.0,
+    squared: bool = False,
+    reduction: str = "mean",
+    unique_pairs: bool = True,
+) -> tuple[Tensor, Tensor]:
+    r"""Return the positive and negative terms :math:`(L_P, L_N)` of a (weighted) contrastive loss.
+
+    .. math::
+
+        L_P = \frac{\sum_{(i,j) \in P} w^+_{ij}\, [d_{ij} - m_+]_+^p}{\sum_{(i,j) \in P} w^+_{ij}},
+        \qquad
+        L_N = \frac{\sum_{(i,j) \in N} w^-_{ij}\, [m_- - d_{ij}]_+^p}{\sum_{(i,j) \in N} w^-_{ij}}
+
+    for ``reduction="mean"`` (weights default to 1, giving the plain mean over all pairs of each
+    kind); ``"mean_active"`` divides by the weight of pairs with a non-zero loss only; ``"sum"``
+    does not divide. Args:
+
+    * ``dist``: N x M Euclidean distances; ``pos_mask`` / ``neg_mask``: boolean N x M.
+    * ``pos_weight`` / ``neg_weight``: optional N x M weights, used as given (detach them for
+      constant weights as in OSM+CAA).
+    * ``pos_margin`` :math:`m_+`, ``neg_margin`` :math:`m_-`, ``squared`` (:math:`p = 2`).
+    * ``unique_pairs``: for a square matrix keep only entries i < j, so each unordered pair counts
+      once (means are unchanged for a symmetric matrix; sums halve). Ignored for non-square input.
+
+    A kind with no pair (or no active pair for ``"mean_active"``, or zero total weight) gives 0,
+    connected to the graph.
+    """
+    check_pair_inputs(dist, pos_mask, neg_mask, name="dist")
+    check_reduction(reduction)
+    if unique_pairs and dist.shape[0] == dist.shape[1]:
+        pos_mask, neg_mask = upper_triangle(pos_mask), upper_triangle(neg_mask)
+    pos_loss, neg_loss = contrastive_pair_losses(dist, pos_margin, neg_margin, squared)
+    return (
+        reduce_masked(pos_loss, pos_mask, reduction, pos_weight),
+        reduce_masked(neg_loss, neg_mask, reduction, neg_weight),
+    )
+
+
+def contrastive_loss(
+    dist: Tensor,
+    pos_mask: Tensor,
+    neg_mask: Tensor,
+    pos_margin: float = 0.0,
+    neg_margin: float = 1.0,
+    squared: bool = False,
+    reduction: str = "mean",
+    pos_weight: Tensor | None = None,
+    neg_weight: Tensor | None = None,
+) -> Tensor:
+    r"""Contrastive loss :math:`L = L_P + L_N` (see :func:`weighted_contrastive` for each term).
+
+    With the defaults this is the mean of :math:`[d_{ij}]_+` over positive pairs plus the mean of
+    :math:`[1 - d_{ij}]_+` over negative pairs, each unordered pair counted once.
+    """
+    pos_term, neg_term = weighted_contrastive(
+        dist, pos_mask, neg_mask, pos_weight, neg_weight, pos_margin, neg_margin, squared, reduction
+    )
+    return pos_term + neg_term
