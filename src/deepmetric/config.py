@@ -1,0 +1,437 @@
+"""The configuration schema: the single source of defaults for the Python API, the CLI and recipes.
+
+A :class:`Config` is a tree of small pydantic models (``data``, ``sampler``, ``model``, ``loss``,
+``optimizer``, ``scheduler``, ``trainer``, ``eval``). Every section forbids unknown keys; a typo
+raises :class:`~deepmetric.errors.ConfigError` naming the closest valid key, e.g.
+``unknown config key 'trainer.lrr'; did you mean 'optimizer.lr'?``.
+
+Free-form ``params`` dictionaries (``data.params``, ``model.params``, ``loss.params``,
+``loss.synthesis_params``) are handed to the dataset / model / loss constructor by name and are
+validated against that constructor's signature when the objects are built
+(:mod:`deepmetric.training.builders`).
+
+Use :func:`load_config` to read a YAML file (or a dict) and apply ``a.b=value`` overrides, and
+:func:`config_to_yaml` / :func:`save_config` to write the resolved configuration back. Every key,
+its default and its meaning are listed in ``docs/config.md`` (generated from
+:func:`describe_config`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from deepmetric.errors import ConfigError, closest_match
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "EvalConfig",
+    "LossConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "SamplerConfig",
+    "SchedulerConfig",
+    "TrainerConfig",
+    "apply_overrides",
+    "config_keys",
+    "config_to_yaml",
+    "describe_config",
+    "load_config",
+    "save_config",
+]
+
+
+class _Section(BaseModel):
+    """Base of every section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class DataConfig(_Section):
+    """Which dataset to load and how to carve the validation split."""
+
+    name: str = Field(
+        "folder",
+        description="dataset loader from the dataset registry (folder, csv, omniglot, olivetti, "
+        "cub200, cars196, sop, inshop, ...)",
+    )
+    root: str | None = Field(
+        None, description="path of the dataset (folder, zip, npz or CSV file, depending on the loader)"
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="extra keyword arguments of the loader (e.g. class-split options); checked "
+        "against the loader's signature",
+    )
+    val_fraction: float = Field(
+        0.2,
+        ge=0.0,
+        lt=1.0,
+        description="fraction of the TRAINING split held out for validation (checkpoint selection, "
+        "early stopping); 0 disables the validation split",
+    )
+    val_by: Literal["classes", "items"] = Field(
+        "classes",
+        description="carve validation from whole training classes (zero-shot retrieval) or from "
+        "items of every class (closed-set classification)",
+    )
+    image_size: int | None = Field(
+        None, gt=0, description="input side length in pixels; null = the model's default"
+    )
+    num_workers: int = Field(2, ge=0, description="data-loading worker processes (0 = main process)")
+
+
+class SamplerConfig(_Section):
+    """The P x K class-balanced batch sampler."""
+
+    p: int = Field(8, ge=2, description="classes per batch")
+    k: int = Field(4, ge=2, description="samples per class in a batch")
+    small_class_policy: str = Field(
+        "replace",
+        description="what to do with a class that has fewer than k samples (passed to the sampler)",
+    )
+
+
+class ModelConfig(_Section):
+    """The embedding network."""
+
+    name: str = Field("embedder", description="model builder from the model registry")
+    backbone: str = Field("tf_efficientnet_lite0", description="backbone architecture name")
+    pretrained: bool | str = Field(
+        "offline",
+        description="'offline' (bundled ImageNet weights, no download), true (download), false "
+        "(random init) or a path to a weights file",
+    )
+    embedding_dim: int = Field(128, gt=0, description="size of the embedding")
+    pooling: str = Field("avg", description="global pooling of the backbone feature map")
+    normalize: bool = Field(True, description="L2-normalise the embeddings")
+    in_chans: int = Field(3, gt=0, description="input channels")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the embedding layer")
+    freeze_bn: bool | None = Field(
+        None,
+        description="freeze BatchNorm statistics; null = freeze when the backbone is pretrained",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="extra keyword arguments of the model builder"
+    )
+
+
+class LossConfig(_Section):
+    """The training loss."""
+
+    name: str = Field("multi_similarity", description="loss from the loss registry")
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword arguments of the loss; checked against its signature "
+        "(num_classes and embedding_dim are filled in automatically)",
+    )
+    ce_weight: float = Field(
+        0.0, ge=0.0, description="> 0 adds a cross-entropy classifier term with this weight (Hybrid)"
+    )
+    synthesis: Literal["none", "symmetrical"] = Field(
+        "none", description="wrap the loss with Symmetrical Synthesis (Gu and Ko, AAAI 2020)"
+    )
+    synthesis_params: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of the synthesis wrapper (alpha, beta)"
+    )
+
+
+class OptimizerConfig(_Section):
+    """Optimizer and per-group learning-rate multipliers."""
+
+    name: Literal["sgd", "adamw"] = Field("adamw", description="optimizer")
+    lr: float = Field(3e-4, gt=0.0, description="base learning rate (the head's, before multipliers)")
+    weight_decay: float = Field(1e-4, ge=0.0, description="weight decay")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
+    nesterov: bool = Field(False, description="Nesterov momentum (SGD)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    backbone_lr_mult: float = Field(
+        0.1, ge=0.0, description="backbone learning rate = lr x this (0 freezes the backbone)"
+    )
+    head_lr_mult: float = Field(1.0, ge=0.0, description="embedding-head learning rate = lr x this")
+    loss_lr_mult: float = Field(
+        1.0, ge=0.0, description="loss parameters (classifier, proxies, centers) learning rate = lr x this"
+    )
+
+
+class SchedulerConfig(_Section):
+    """Learning-rate schedule, applied per step (factor x each group's base learning rate)."""
+
+    name: Literal["none", "step", "cosine"] = Field("cosine", description="schedule after warm-up")
+    warmup_steps: int = Field(
+        100, ge=0, description="linear warm-up steps: factor (s+1)/warmup_steps for step s < warmup_steps"
+    )
+    step_size: int = Field(1000, gt=0, description="'step': multiply by gamma every step_size steps")
+    gamma: float = Field(0.1, gt=0.0, description="'step': decay factor")
+    min_lr_ratio: float = Field(
+        0.0, ge=0.0, le=1.0, description="'cosine': final learning rate as a fraction of the base"
+    )
+
+
+class TrainerConfig(_Section):
+    """Length of training, evaluation cadence and numerics."""
+
+    steps: int | None = Field(
+        None, gt=0, description="optimizer steps (set steps OR epochs; neither = 1000 steps)"
+    )
+    epochs: int | None = Field(None, gt=0, description="passes of the P x K sampler over the data")
+    eval_every: int = Field(
+        100, ge=0, description="evaluate on eval.split every this many steps (0 = only at the end)"
+    )
+    checkpoint_every: int = Field(100, ge=0, description="write checkpoints/last.pt every this many steps")
+    grad_clip: float | None = Field(None, gt=0.0, description="clip the gradient norm to this value")
+    amp: bool | Literal["auto"] = Field(
+        "auto", description="mixed precision; 'auto' = on when training on a CUDA GPU"
+    )
+    log_every: int = Field(10, gt=0, description="write a log.csv row every this many steps")
+    early_stopping_patience: int | None = Field(
+        None, gt=0, description="stop after this many evaluations without improvement"
+    )
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> TrainerConfig:
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError("set trainer.steps OR trainer.epochs, not both (set the other to null)")
+        return self
+
+
+class EvalConfig(_Section):
+    """Evaluation and checkpoint selection."""
+
+    split: Literal["val", "test"] = Field(
+        "val", description="split used for periodic evaluation and best-checkpoint selection"
+    )
+    metrics: list[str] | None = Field(None, description="metric families to compute; null = evaluator default")
+    k_values: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], description="K of Recall@K")
+    metric: Literal["cosine", "euclidean"] = Field("cosine", description="similarity for k-NN retrieval")
+    backend: str = Field("auto", description="k-NN backend (exact, faiss, auto)")
+    select_metric: str = Field("map@r", description="metric that chooses checkpoints/best.pt")
+    select_mode: Literal["max", "min"] = Field("max", description="whether a larger select_metric is better")
+    baseline: bool = Field(True, description="evaluate the untrained (pretrained-features) network on test")
+    batch_size: int = Field(128, gt=0, description="batch size for embedding during evaluation")
+
+
+class Config(_Section):
+    """A whole experiment."""
+
+    seed: int = Field(0, description="seed of every random number generator")
+    device: str = Field("auto", description="'auto' (CUDA if present, else CPU), 'cpu', 'cuda', 'cuda:1', ...")
+    deterministic: bool = Field(True, description="use deterministic algorithms where PyTorch has them")
+    data: DataConfig = Field(default_factory=DataConfig)
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python (JSON/YAML-safe) representation."""
+        return self.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------------------------
+# key introspection
+
+
+def _is_section(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _section_at(path: Sequence[str]) -> type[BaseModel] | None:
+    """The section class at a dotted path (``()`` = Config), or None if the path is not a section."""
+    cls: type[BaseModel] = Config
+    for part in path:
+        field = cls.model_fields.get(part)
+        if field is None or not _is_section(field.annotation):
+            return None
+        cls = field.annotation  # type: ignore[assignment]
+    return cls
+
+
+def config_keys(cls: type[BaseModel] = Config, prefix: str = "") -> Iterator[str]:
+    """Every dotted leaf key of the schema, e.g. ``'optimizer.lr'``."""
+    for name, field in cls.model_fields.items():
+        if _is_section(field.annotation):
+            yield from config_keys(field.annotation, f"{prefix}{name}.")  # type: ignore[arg-type]
+        else:
+            yield f"{prefix}{name}"
+
+
+def describe_config() -> list[tuple[str, str, str]]:
+    """(dotted key, default as YAML, description) for every leaf key; the source of docs/config.md."""
+    rows = []
+    defaults = Config().to_dict()
+    for key in config_keys():
+        value: Any = defaults
+        for part in key.split("."):
+            value = value[part]
+        cls = _section_at(key.split(".")[:-1])
+        assert cls is not None
+        desc = cls.model_fields[key.split(".")[-1]].description or ""
+        rows.append((key, yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip(), desc))
+    return rows
+
+
+def _suggest(path: Sequence[str]) -> str:
+    """' Did you mean ...?' text for an unknown key at ``path``."""
+    parent = _section_at(path[:-1])
+    name = path[-1]
+    hint = None
+    if parent is not None:
+        local = closest_match(name, list(parent.model_fields))
+        if local is not None:
+            hint = ".".join([*path[:-1], local])
+    if hint is None:  # e.g. 'lr' at the top level -> 'optimizer.lr'
+        keys = list(config_keys())
+        leaves = {k.split(".")[-1]: k for k in keys}
+        leaf = closest_match(name, list(leaves))
+        if leaf is not None:
+            hint = leaves[leaf]
+        else:
+            hint = closest_match(".".join(path), keys)
+    return f"; did you mean '{hint}'?" if hint else ""
+
+
+def _unknown_key_message(path: Sequence[str]) -> str:
+    key = ".".join(str(p) for p in path)
+    parent = _section_at(path[:-1])
+    where = ".".join(path[:-1]) or "the top level"
+    valid = f" Valid keys in {where}: {', '.join(parent.model_fields)}." if parent is not None else ""
+    return f"unknown config key '{key}'{_suggest(path)}{valid}"
+
+
+def _to_config_error(error: ValidationError) -> ConfigError:
+    lines = []
+    for item in error.errors():
+        loc = [str(p) for p in item["loc"]]
+        key = ".".join(loc) or "<config>"
+        if item["type"] == "extra_forbidden":
+            lines.append(_unknown_key_message(loc))
+        else:
+            msg = item["msg"].removeprefix("Value error, ")
+            lines.append(f"invalid value for config key '{key}' (got {item.get('input')!r}): {msg}")
+    if len(lines) == 1:
+        return ConfigError(lines[0])
+    return ConfigError(f"{len(lines)} config problems:\n  " + "\n  ".join(lines))
+
+
+# --------------------------------------------------------------------------------------------
+# loading, overrides, saving
+
+
+def _parse_override(override: str) -> tuple[list[str], Any]:
+    if "=" not in override:
+        raise ConfigError(
+            f"config override '{override}' has no '='; write it as key=value, e.g. optimizer.lr=0.001"
+        )
+    key, raw = override.split("=", 1)
+    key = key.strip().removeprefix("--")
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"config override '{override}' has an empty key; write it as key=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"config override '{override}': cannot parse the value as YAML ({exc.__class__.__name__}); "
+            "quote strings that contain ':' or brackets"
+        ) from exc
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides to a plain config dict (values parsed with ``yaml.safe_load``).
+
+    Unknown keys are reported by validation afterwards; a path through a non-mapping value (e.g.
+    ``optimizer.lr.x=1``) is an error here.
+    """
+    for override in overrides:
+        path, value = _parse_override(override)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(
+                    f"config override '{override}': '{'.'.join(path[: i + 1])}' is a value, not a "
+                    "section, so it has no sub-keys"
+                )
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def load_config(
+    source: str | Path | Mapping[str, Any] | Config | None = None, overrides: Sequence[str] = ()
+) -> Config:
+    """Build a validated :class:`Config` from a YAML file, a dict, or an existing Config, then
+    apply ``key=value`` overrides (e.g. ``['optimizer.lr=0.001', 'loss.params.margin=0.2']``).
+
+    Keys missing from ``source`` take the schema defaults. Raises :class:`ConfigError` for an
+    unknown key (naming the closest valid one), a bad value, or an unreadable file.
+    """
+    if source is None:
+        data: dict[str, Any] = {}
+    elif isinstance(source, Config):
+        data = source.to_dict()
+    elif isinstance(source, Mapping):
+        data = _merge({}, source)  # deep copy of nested mappings
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist; check the path")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(
+                f"config file '{path}' must hold a mapping of sections (data:, model:, ...), "
+                f"got {type(loaded).__name__}"
+            )
+        data = loaded
+    data = apply_overrides(data, overrides)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise _to_config_error(exc) from None
+
+
+def config_to_yaml(config: Config) -> str:
+    """The config as YAML text, sections in schema order; ``load_config`` reads it back unchanged."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically: temporary file, then rename)."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(config_to_yaml(config))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
