@@ -23,7 +23,6 @@ import torch
 from torch import Tensor
 
 from deepmetric.errors import ConfigError, InputError, unknown_name_message
-from deepmetric.functional.masks import upper_triangle
 
 #: reductions understood by :func:`reduce_masked`
 REDUCTIONS: tuple[str, ...] = ("mean", "mean_active", "sum")
@@ -114,7 +113,6 @@ def weighted_contrastive(
     neg_margin: float = 1.0,
     squared: bool = False,
     reduction: str = "mean",
-    unique_pairs: bool = True,
 ) -> tuple[Tensor, Tensor]:
     r"""Return the positive and negative terms :math:`(L_P, L_N)` of a (weighted) contrastive loss.
 
@@ -132,21 +130,24 @@ def weighted_contrastive(
     * ``pos_weight`` / ``neg_weight``: optional N x M weights, used as given (detach them for
       constant weights as in OSM+CAA).
     * ``pos_margin`` :math:`m_+`, ``neg_margin`` :math:`m_-`, ``squared`` (:math:`p = 2`).
-    * ``unique_pairs``: for a square matrix keep only entries i < j, so each unordered pair counts
-      once (means are unchanged for a symmetric matrix; sums halve). Ignored for non-square input.
+
+    Every True mask entry is one ordered pair (i, j). The masks of a batch against itself are
+    symmetric, so each unordered pair appears twice: the means are exactly the means over
+    unordered pairs, and ``"sum"`` on a square matrix is halved so that it is the sum over
+    unordered pairs. A square matrix that is *not* symmetric (e.g. after symmetrical synthesis
+    replaced negative entries) thus has both directions of a pair averaged.
 
     A kind with no pair (or no active pair for ``"mean_active"``, or zero total weight) gives 0,
     connected to the graph.
     """
     check_pair_inputs(dist, pos_mask, neg_mask, name="dist")
     check_reduction(reduction)
-    if unique_pairs and dist.shape[0] == dist.shape[1]:
-        pos_mask, neg_mask = upper_triangle(pos_mask), upper_triangle(neg_mask)
     pos_loss, neg_loss = contrastive_pair_losses(dist, pos_margin, neg_margin, squared)
-    return (
-        reduce_masked(pos_loss, pos_mask, reduction, pos_weight),
-        reduce_masked(neg_loss, neg_mask, reduction, neg_weight),
-    )
+    pos_term = reduce_masked(pos_loss, pos_mask, reduction, pos_weight)
+    neg_term = reduce_masked(neg_loss, neg_mask, reduction, neg_weight)
+    if reduction == "sum" and dist.shape[0] == dist.shape[1]:
+        return 0.5 * pos_term, 0.5 * neg_term
+    return pos_term, neg_term
 
 
 def contrastive_loss(
@@ -162,8 +163,9 @@ def contrastive_loss(
 ) -> Tensor:
     r"""Contrastive loss :math:`L = L_P + L_N` (see :func:`weighted_contrastive` for each term).
 
-    With the defaults this is the mean of :math:`[d_{ij}]_+` over positive pairs plus the mean of
-    :math:`[1 - d_{ij}]_+` over negative pairs, each unordered pair counted once.
+    With the defaults this is the mean of :math:`d_{ij}` over positive pairs plus the mean of
+    :math:`[1 - d_{ij}]_+` over negative pairs (each unordered pair counted once for a symmetric
+    matrix).
     """
     pos_term, neg_term = weighted_contrastive(
         dist, pos_mask, neg_mask, pos_weight, neg_weight, pos_margin, neg_margin, squared, reduction

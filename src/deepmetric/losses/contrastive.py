@@ -16,8 +16,8 @@ class ContrastiveLoss(PairLoss):
 
     .. math::
 
-        L = \operatorname{red}_{(i,j) \in P,\, i<j} [d_{ij} - m_+]_+^p
-          + \operatorname{red}_{(i,j) \in N,\, i<j} [m_- - d_{ij}]_+^p
+        L = \operatorname{red}_{(i,j) \in P} [d_{ij} - m_+]_+^p
+          + \operatorname{red}_{(i,j) \in N} [m_- - d_{ij}]_+^p
 
     Hadsell, Chopra, LeCun, "Dimensionality Reduction by Learning an Invariant Mapping",
     CVPR 2006. The paper's form is ``pos_margin=0, squared=True`` (up to its constant 1/2).
@@ -31,7 +31,10 @@ class ContrastiveLoss(PairLoss):
             non-zero loss; ``"sum"``: plain sums.
 
     ``matrix_loss(matrix, pos_mask, neg_mask)`` expects an N x M matrix of Euclidean
-    *distances* (``higher_is_closer`` is False); for a square matrix only entries i < j are read.
+    *distances* (``higher_is_closer`` is False) and boolean masks of the same shape. Every mask
+    entry is an ordered pair; for a symmetric N x N matrix this counts each unordered pair once in
+    every reduction (``"sum"`` is halved for square input), and for an asymmetric one (e.g. after
+    symmetrical synthesis) both directions are averaged.
     A batch without positive (or negative) pairs gives 0 for that term, never NaN.
     """
 
