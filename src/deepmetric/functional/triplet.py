@@ -1,0 +1,135 @@
+r"""Triplet margin loss with "all", "semi-hard" and "batch-hard" mining, in O(N^2) memory.
+
+For an anchor a, a positive p (same label) and a negative n (different label), written with a
+*dissimilarity* :math:`v` (the distance :math:`d`, or :math:`-s` for a similarity :math:`s`):
+
+.. math::
+
+    \ell_{apn} = [v_{ap} - v_{an} + m]_+ .
+
+* ``"all"``: every valid triplet (Schroff, Kalenichenko, Philbin, "FaceNet", CVPR 2015,
+  arXiv 1503.03832; the "batch all" of Hermans, Beyer, Leibe, "In Defense of the Triplet Loss for
+  Person Re-Identification", arXiv 1703.07737, 2017).
+* ``"semihard"`` (FaceNet): for every anchor-positive pair the negative is the *nearest negative
+  farther than the positive*, :math:`n^* = \arg\min_{n: v_{an} > v_{ap}} v_{an}`; it is
+  semi-hard (and costs something) when :math:`v_{an^*} < v_{ap} + m`, otherwise the pair already
+  satisfies the margin and costs 0. **Fallback:** when every negative is at least as close as the
+  positive (no negative with :math:`v_{an} > v_{ap}`), the farthest negative is used, i.e. the
+  least violating one.
+* ``"batch_hard"`` (Hermans et al.): one triplet per anchor, its hardest positive
+  (:math:`\max_p v_{ap}`) and hardest negative (:math:`\min_n v_{an}`).
+
+**Memory.** "all" never builds the N x P x N tensor of triplets. For anchor a, with its
+negatives sorted, :math:`\sum_n [t - v_{an}]_+ = c\,t - \sum_{k<c} v_{a(k)}` where
+:math:`t = v_{ap} + m` and :math:`c` = the number of negatives below :math:`t` (found by binary
+search); the sum of the :math:`c` smallest is read from a prefix sum. Value and gradient are
+exact; memory and time are O(N M log M) for an N x M matrix, whatever the class sizes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from deepmetric.errors import ConfigError, unknown_name_message
+from deepmetric.functional.contrastive import check_pair_inputs, check_reduction, reduce_masked
+
+#: mining strategies understood by :func:`triplet_loss`
+MININGS: tuple[str, ...] = ("all", "semihard", "batch_hard")
+
+
+def check_mining(mining: str) -> None:
+    """Raise :class:`ConfigError` unless ``mining`` is one of :data:`MININGS`."""
+    if mining not in MININGS:
+        raise ConfigError(unknown_name_message("mining", mining, MININGS))
+
+
+def _sorted_negatives(v: Tensor, neg_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's negative dissimilarities sorted ascending (non-negatives as +inf at the end),
+    and the number of negatives per row."""
+    inf = torch.full_like(v, float("inf"))
+    sorted_v, _ = torch.where(neg_mask, v, inf).sort(dim=1)
+    return sorted_v, neg_mask.sum(dim=1)
+
+
+def _all_triplets(v: Tensor, pos_mask: Tensor, neg_mask: Tensor, margin: float, reduction: str) -> Tensor:
+    sorted_v, n_neg = _sorted_negatives(v, neg_mask)
+    cols = torch.arange(v.shape[1], device=v.device)
+    is_neg = cols.unsqueeze(0) < n_neg.unsqueeze(1)
+    # shift every row by its smallest negative (a constant per row, so value and gradient are
+    # unchanged) to keep the prefix sums small and their differences accurate
+    shift = torch.where(n_neg > 0, sorted_v[:, 0], torch.zeros_like(sorted_v[:, 0])).detach()
+    centred = torch.where(is_neg, sorted_v - shift.unsqueeze(1), torch.zeros_like(sorted_v))
+    prefix = torch.cat([torch.zeros_like(centred[:, :1]), centred.cumsum(dim=1)], dim=1)
+    threshold = v + margin  # t_ap, read at positive entries
+    # number of negatives strictly below t_ap = number of active triplets of (a, p)
+    count = torch.searchsorted(sorted_v.contiguous(), threshold.detach().contiguous(), side="left")
+    hinge_sum = count.to(v.dtype) * (threshold - shift.unsqueeze(1)) - prefix.gather(1, count)
+    n_all = (pos_mask * n_neg.unsqueeze(1)).sum()
+    n_active = torch.where(pos_mask, count, torch.zeros_like(count)).sum()
+    return reduce_masked(hinge_sum, pos_mask, reduction, count=n_all, active_count=n_active)
+
+
+def _semihard(v: Tensor, pos_mask: Tensor, neg_mask: Tensor, margin: float, reduction: str) -> Tensor:
+    sorted_v, n_neg = _sorted_negatives(v, neg_mask)
+    # first negative strictly farther than the positive; if none, the farthest negative
+    first_farther = torch.searchsorted(sorted_v.contiguous(), v.detach().contiguous(), side="right")
+    last = (n_neg - 1).clamp_min(0).unsqueeze(1).expand_as(first_farther)
+    chosen = torch.where(first_farther < n_neg.unsqueeze(1), first_farther, last)
+    v_neg = sorted_v.gather(1, chosen)
+    valid = pos_mask & (n_neg > 0).unsqueeze(1)
+    # ``where`` before the arithmetic keeps the +inf of rows without negatives out of the graph
+    v_neg = torch.where(valid, v_neg, v.detach())
+    losses = torch.relu(v - v_neg + margin)
+    return reduce_masked(losses, valid, reduction)
+
+
+def _batch_hard(v: Tensor, pos_mask: Tensor, neg_mask: Tensor, margin: float, reduction: str) -> Tensor:
+    has_pos, has_neg = pos_mask.any(dim=1), neg_mask.any(dim=1)
+    valid = has_pos & has_neg
+    neg_inf = torch.full_like(v, float("-inf"))
+    hardest_pos = torch.where(pos_mask, v, neg_inf).amax(dim=1)
+    hardest_neg = torch.where(neg_mask, v, -neg_inf).amin(dim=1)
+    zero = torch.zeros_like(hardest_pos)
+    hardest_pos = torch.where(valid, hardest_pos, zero)
+    hardest_neg = torch.where(valid, hardest_neg, zero)
+    losses = torch.relu(hardest_pos - hardest_neg + margin)
+    return reduce_masked(losses, valid, reduction)
+
+
+def triplet_loss(
+    matrix: Tensor,
+    pos_mask: Tensor,
+    neg_mask: Tensor,
+    margin: float = 0.2,
+    mining: str = "all",
+    higher_is_closer: bool = False,
+    reduction: str = "mean",
+) -> Tensor:
+    r"""Triplet margin loss of an N x M pair matrix.
+
+    Args:
+        matrix: N x M distances (``higher_is_closer=False``) or similarities (``True``; then the
+            loss is :math:`[s_{an} - s_{ap} + m]_+`, the margin in similarity units). Row a is an
+            anchor; positives and negatives are read from that row only, so a matrix of a batch
+            against a reference set (M != N) works as well.
+        pos_mask, neg_mask: boolean N x M masks (:func:`deepmetric.functional.label_masks`).
+        margin: :math:`m \ge 0`.
+        mining: ``"all"``, ``"semihard"`` or ``"batch_hard"`` (see the module docstring).
+        reduction: ``"mean"`` (default): mean over all mined triplets -- every (a, p, n) for
+            "all", one per anchor-positive pair for "semihard", one per anchor for "batch_hard";
+            ``"mean_active"``: mean over the triplets with a non-zero loss only (Hermans et al.'s
+            "batch all" average); ``"sum"``.
+
+    Anchors without a positive or without a negative contribute no triplet; when no triplet
+    exists at all (one class, or all labels distinct) the loss is 0, connected to the graph.
+    """
+    check_pair_inputs(matrix, pos_mask, neg_mask)
+    check_mining(mining)
+    check_reduction(reduction)
+    v = -matrix if higher_is_closer else matrix
+    if mining == "all":
+        return _all_triplets(v, pos_mask, neg_mask, margin, reduction)
+    if mining == "semihard":
+        return _semihard(v, pos_mask, neg_mask, margin, reduction)
+    return _batch_hard(v, pos_mask, neg_mask, margin, reduction)
