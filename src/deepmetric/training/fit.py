@@ -1,0 +1,439 @@
+"""The training loop: ``fit(config, run_dir)`` trains, evaluates, checkpoints and writes the run folder.
+
+Flow (one run folder, see docs/run_folder.md):
+
+1. Seed everything, build model, datasets (validation carved from the training split), loss,
+   optimizer (backbone / head / loss groups) and the P x K sampler.
+2. Step 0: evaluate the untrained network on the selection split (``eval.split``, a candidate
+   for ``best.pt``) and on the test split (the *baseline*).
+3. Train for ``trainer.steps`` (or ``trainer.epochs`` x batches per epoch) optimizer steps:
+   per-step seeding, warm-up + schedule, optional AMP and gradient clipping; log every
+   ``log_every`` steps; evaluate every ``eval_every``; keep ``best.pt`` by ``eval.select_metric``;
+   write ``last.pt`` every ``checkpoint_every``; stop early after ``early_stopping_patience``
+   evaluations without improvement.
+4. Evaluate the best checkpoint (chosen on the selection split) on the test split and save its
+   test embeddings.
+
+Resuming (``resume=True``) restores model, loss, optimizer, AMP scaler, step, sampler position,
+evaluation history and RNG states from ``last.pt``; because every step re-seeds the RNGs from
+(seed, step) and every training item from (seed, epoch, position), N steps + N resumed steps give
+the same weights as 2N steps. Ctrl-C finishes the current step, writes ``last.pt`` and re-raises
+``KeyboardInterrupt``.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from deepmetric.config import Config, config_to_yaml, load_config, save_config
+from deepmetric.errors import ConfigError, DataError
+from deepmetric.training.builders import (
+    Splits,
+    build_datasets,
+    build_loss_from_config,
+    build_model,
+    build_sampler,
+    embedding_dim_of,
+)
+from deepmetric.training.checkpoint import load_checkpoint, save_checkpoint, write_json
+from deepmetric.training.csv_log import CsvLog
+from deepmetric.training.embed import dataset_paths, forward_batch, to_device
+from deepmetric.training.evaluate import evaluate_model, select_value
+from deepmetric.training.optim import build_optimizer
+from deepmetric.training.run_folder import RunPaths
+from deepmetric.training.schedule import apply_lr, lr_factor
+from deepmetric.training.seed import derive_seed, get_rng_state, resolve_device, seed_everything, seed_step, set_rng_state
+from deepmetric.training.views import SeededItems
+
+__all__ = ["DEFAULT_STEPS", "RESUMABLE_CHANGES", "fit"]
+
+#: training length when neither trainer.steps nor trainer.epochs is set
+DEFAULT_STEPS = 1000
+
+#: config keys that may differ between a run and its resumption
+RESUMABLE_CHANGES = (
+    "trainer.steps", "trainer.epochs", "trainer.eval_every", "trainer.checkpoint_every",
+    "trainer.log_every", "trainer.early_stopping_patience", "data.num_workers", "device",
+    "eval.batch_size",
+)
+
+
+class _Interrupt:
+    """While active, the first SIGINT (Ctrl-C) only sets a flag, checked between steps; a second
+    one interrupts immediately. Inactive outside the main thread."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _Interrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "params" and not k.endswith("_params"):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_resume_config(saved_path: Path, config: Config) -> None:
+    if not saved_path.is_file():
+        return
+    saved = _flatten(load_config(saved_path).to_dict())
+    now = _flatten(config.to_dict())
+    changed = sorted(k for k in now if saved.get(k) != now[k] and k not in RESUMABLE_CHANGES)
+    if changed:
+        raise ConfigError(
+            f"cannot resume: the config differs from the run's config.yaml in {', '.join(changed)}; "
+            f"resume with the saved config (only {', '.join(RESUMABLE_CHANGES)} may change) or start a new run folder"
+        )
+
+
+def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
+
+
+def _total_steps(config: Config, steps_per_epoch: int) -> int:
+    if config.trainer.steps is not None:
+        return config.trainer.steps
+    if config.trainer.epochs is not None:
+        return config.trainer.epochs * steps_per_epoch
+    return DEFAULT_STEPS
+
+
+def _amp_enabled(config: Config, device: torch.device) -> bool:
+    amp = config.trainer.amp
+    if amp == "auto":
+        return device.type == "cuda"
+    if amp and device.type != "cuda":
+        raise ConfigError(f"trainer.amp=true needs a CUDA device, but training runs on {device}; set trainer.amp=auto")
+    return bool(amp)
+
+
+class _Run:
+    """State and pieces of one training run (internal to :func:`fit`)."""
+
+    def __init__(self, config: Config, run_dir: Path, resume: bool, progress: bool) -> None:
+        self.config = config
+        self.paths = RunPaths(run_dir)
+        self.progress = progress
+        self.device = resolve_device(config.device)
+        self.amp = _amp_enabled(config, self.device)
+        seed_everything(config.seed, config.deterministic)
+        self.model: nn.Module = build_model(config)
+        self.splits: Splits = build_datasets(config, self.model)
+        self.loss: nn.Module = build_loss_from_config(
+            config.loss, self.splits.num_classes, embedding_dim_of(self.model)
+        )
+        self.model.to(self.device)
+        self.loss.to(self.device)
+        self.optimizer = build_optimizer(self.model, self.loss, config.optimizer)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        self.sampler = build_sampler(self.splits.train.labels, config.sampler, config.seed)
+        self.steps_per_epoch = len(self.sampler)
+        if self.steps_per_epoch == 0:
+            raise DataError(
+                f"the P x K sampler yields no batch from {len(self.splits.train)} training items in "
+                f"{self.splits.num_classes} classes; lower sampler.p (now {config.sampler.p}) or sampler.k"
+            )
+        self.total_steps = _total_steps(config, self.steps_per_epoch)
+        self.selection = self.splits.val if config.eval.split == "val" else self.splits.test
+        # progress state (everything saved in checkpoints)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.elapsed = 0.0
+        self.evaluations: list[dict[str, Any]] = []
+        self.baseline: dict[str, Any] | None = None
+        self.best: dict[str, Any] | None = None
+        self.bad_evals = 0
+        self.stopped_early = False
+        self.started = time.perf_counter()
+        if resume:
+            self._restore(load_checkpoint(self.paths.last, map_location=self.device))
+
+    # ---------------------------------------------------------------- checkpoints
+    def _state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "elapsed": self.seconds(),
+            "num_classes": self.splits.num_classes,
+            "model": self.model.state_dict(),
+            "loss": self.loss.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.amp else {},
+            "scheduler": {"step": self.step, "total_steps": self.total_steps},
+            "sampler": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "seed": self.config.seed},
+            "rng": get_rng_state(),
+            "history": {
+                "evaluations": self.evaluations,
+                "baseline": self.baseline,
+                "best": self.best,
+                "bad_evals": self.bad_evals,
+                "stopped_early": self.stopped_early,
+            },
+            "config": config_to_yaml(self.config),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.loss.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group in self.optimizer.param_groups:  # the config may not change base rates
+            group["base_lr"] = float(group["base_lr"])
+        if self.amp and state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.epoch = int(state["sampler"]["epoch"])
+        self.batch_in_epoch = int(state["sampler"]["batch_in_epoch"])
+        self.elapsed = float(state["elapsed"])
+        history = state["history"]
+        self.evaluations = list(history["evaluations"])
+        self.baseline = history["baseline"]
+        self.best = history["best"]
+        self.bad_evals = int(history["bad_evals"])
+        self.stopped_early = bool(history["stopped_early"])
+        set_rng_state(state["rng"])
+
+    def save_last(self) -> None:
+        save_checkpoint(self._state(), self.paths.last)
+
+    def seconds(self) -> float:
+        return self.elapsed + time.perf_counter() - self.started
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self, dataset: Any, split: str) -> tuple[dict[str, float], Tensor, Tensor]:
+        return evaluate_model(
+            self.model, dataset, self.config.eval, self.device, progress=False,
+            num_workers=self.config.data.num_workers,
+        )
+
+    def periodic_evaluation(self) -> None:
+        """Evaluate on the selection split; update best.pt and the early-stopping counter."""
+        split = self.config.eval.split
+        metrics, _, _ = self.evaluate(self.selection, split)
+        value = select_value(metrics, self.config.eval)
+        self.evaluations.append({"step": self.step, "split": split, "metrics": _clean(metrics)})
+        better = self.best is None or (
+            value > self.best["value"] if self.config.eval.select_mode == "max" else value < self.best["value"]
+        )
+        if better:
+            self.best = {"step": self.step, "metric": self.config.eval.select_metric, "value": value}
+            self.bad_evals = 0
+            save_checkpoint(self._state(), self.paths.best)
+        else:
+            self.bad_evals += 1
+            patience = self.config.trainer.early_stopping_patience
+            if patience is not None and self.bad_evals >= patience:
+                self.stopped_early = True
+        self.write_metrics()
+
+    def write_metrics(self, final: dict[str, Any] | None = None) -> dict[str, Any]:
+        best = None
+        if self.best is not None:
+            best = {**self.best, "value": self.best["value"] if math.isfinite(self.best["value"]) else None}
+        summary: dict[str, Any] = {
+            "selection_split": self.config.eval.split,
+            "steps": self.step,
+            "total_steps": self.total_steps,
+            "stopped_early": self.stopped_early,
+            "evaluations": self.evaluations,
+            "baseline": self.baseline,
+            "best": best,
+        }
+        if final:
+            summary.update(final)
+        write_json(summary, self.paths.metrics)
+        return summary
+
+    # ---------------------------------------------------------------- training
+    def batches(self) -> Iterator[tuple[Any, Tensor]]:
+        """Training batches from the current (epoch, batch_in_epoch) on, forever (epoch after
+        epoch); item seeds depend on (seed, epoch, batch, position) only."""
+        train = SeededItems(self.splits.train)
+        seed = self.config.seed
+        while True:
+            self.sampler.set_epoch(self.epoch)
+            epoch_batches = [list(b) for b in self.sampler]
+            keyed = [
+                [(int(i), derive_seed(seed, "item", self.epoch, b, j)) for j, i in enumerate(batch)]
+                for b, batch in enumerate(epoch_batches)
+            ][self.batch_in_epoch:]
+            loader = DataLoader(
+                train, batch_sampler=keyed, num_workers=self.config.data.num_workers,
+                collate_fn=getattr(self.splits.train, "collate_fn", None),
+                pin_memory=self.device.type == "cuda",
+            )
+            yield from loader
+            # the consumer advanced batch_in_epoch for every batch it took
+            self.epoch += 1
+            self.batch_in_epoch = 0
+
+    def train_step(self, inputs: Any, labels: Tensor) -> Tensor:
+        seed_step(derive_seed(self.config.seed, "step", self.step))
+        apply_lr(self.optimizer, lr_factor(self.step, self.total_steps, self.config.scheduler))
+        self.model.train()
+        self.loss.train()
+        inputs = to_device(inputs, self.device)
+        labels = torch.as_tensor(labels).long().to(self.device)
+        with torch.autocast(self.device.type, enabled=self.amp):
+            embeddings = forward_batch(self.model, inputs)
+        loss = self.loss(embeddings.float(), labels)
+        if not bool(torch.isfinite(loss.detach())):
+            if self.amp:  # the scaler skips the step; the next steps lower the scale
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.update(self.scaler.get_scale() / 2)
+                return loss.detach()
+            raise ConfigError(
+                f"the training loss became {loss.item()} at step {self.step}; lower optimizer.lr, "
+                "set trainer.grad_clip (e.g. 1.0), or check the data"
+            )
+        self.scaler.scale(loss).backward()
+        if self.config.trainer.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.config.trainer.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+    def train(self, interrupt: _Interrupt) -> None:
+        cfg = self.config.trainer
+        log = CsvLog(self.paths.log, resume_step=self.step)
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True)
+        running: list[Tensor] = []
+        try:
+            if self.step >= self.total_steps or self.stopped_early:
+                return
+            for inputs, labels in self.batches():
+                loss = self.train_step(inputs, labels)
+                self.step += 1
+                self.batch_in_epoch += 1
+                running.append(loss)
+                if self.step % cfg.log_every == 0 or self.step == self.total_steps:
+                    mean_loss = float(torch.stack(running).float().mean())
+                    running = []
+                    head_lr = next((g["lr"] for g in self.optimizer.param_groups if g["name"] == "head"),
+                                   self.optimizer.param_groups[0]["lr"])
+                    log.write(step=self.step, epoch=self.epoch, loss=round(mean_loss, 6), lr=head_lr,
+                              seconds=round(self.seconds(), 3))
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{mean_loss:.4f}")
+                if bar is not None:
+                    bar.update(1)
+                done = self.step >= self.total_steps
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and not done:
+                    self.periodic_evaluation()
+                if done or self.stopped_early:
+                    break
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.save_last()
+                if interrupt.requested:
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            self.save_last()
+            self.write_metrics()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def finish(self) -> dict[str, Any]:
+        """Final evaluation on the selection split, test metrics of the best checkpoint, test
+        embeddings. Returns the metrics.json content."""
+        if not self.evaluations or self.evaluations[-1]["step"] != self.step:
+            self.periodic_evaluation()
+        self.save_last()
+        final: dict[str, Any] = {}
+        best_step = self.best["step"] if self.best is not None else self.step
+        if best_step != self.step:
+            last_metrics, _, _ = self.evaluate(self.splits.test, "test")
+            final["test_last"] = _clean(last_metrics)
+            best_state = load_checkpoint(self.paths.best, map_location=self.device)
+            self.model.load_state_dict(best_state["model"])
+            self.loss.load_state_dict(best_state["loss"])
+        metrics, embeddings, labels = self.evaluate(self.splits.test, "test")
+        final["test"] = _clean(metrics)
+        final["test_step"] = best_step
+        np.savez(
+            self.paths.test_embeddings,
+            embeddings=embeddings.numpy(),
+            labels=labels.numpy(),
+            paths=np.asarray(dataset_paths(self.splits.test), dtype=str),
+        )
+        return self.write_metrics(final)
+
+
+def fit(config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train ``config`` into the run folder ``run_dir`` and return the metrics summary (the
+    content of ``metrics.json``: ``evaluations``, ``baseline``, ``best``, ``test``, ...).
+
+    ``resume=True`` continues from ``run_dir/checkpoints/last.pt``; only the keys in
+    :data:`RESUMABLE_CHANGES` (e.g. ``trainer.steps`` to train longer) may differ from the run's
+    saved ``config.yaml``. Without ``resume`` the folder must not hold a checkpoint yet.
+    Ctrl-C (KeyboardInterrupt) writes ``last.pt`` and re-raises.
+    """
+    if not isinstance(config, Config):
+        config = load_config(config)
+    paths = RunPaths(Path(run_dir))
+    if resume:
+        if not paths.last.is_file():
+            raise ConfigError(
+                f"cannot resume: '{paths.last}' does not exist; train without --resume (resume=False) first"
+            )
+        _check_resume_config(paths.config, config)
+    elif paths.last.is_file():
+        raise ConfigError(
+            f"run folder '{paths.root}' already holds a checkpoint; resume it (--resume / resume=True) "
+            "or choose a new run folder"
+        )
+    paths.root.mkdir(parents=True, exist_ok=True)
+    save_config(config, paths.config)
+    run = _Run(config, paths.root, resume, progress)
+    with _Interrupt() as interrupt:  # first Ctrl-C: finish the step, save last.pt, stop
+        if not resume:
+            run.periodic_evaluation()  # step 0: the untrained network is a candidate too
+            if config.eval.baseline:
+                if config.eval.split == "test":
+                    baseline = run.evaluations[0]["metrics"]
+                else:
+                    metrics, _, _ = run.evaluate(run.splits.test, "test")
+                    baseline = _clean(metrics)
+                run.baseline = {"step": 0, "split": "test", "metrics": baseline}
+            run.write_metrics()
+            run.save_last()
+        run.train(interrupt)
+    return run.finish()
