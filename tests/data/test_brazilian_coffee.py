@@ -11,6 +11,7 @@ from PIL import Image
 from deepmetric.data.brazilian_coffee import (
     CLASS_NAMES,
     BrazilianCoffeeScenes,
+    brazilian_coffee_dataset,
     brazilian_coffee_scenes,
     cross_validation_split,
     parse_fold_list,
@@ -72,6 +73,12 @@ def test_dataset_items(tmp_path: Path) -> None:
     assert len(ds) == 3 and ds.labels == [1, 0, 1]
     image, label = ds[1]
     assert image.shape == (8, 8, 3) and label == 0
+    train = brazilian_coffee_dataset(tmp_path, split="train", test_fold=5)
+    test = brazilian_coffee_dataset(tmp_path, split="test", test_fold=5)
+    assert len(train) == 12 and len(test) == 3
+    assert all("fold5" in p for p in test.paths) and not any("fold5" in p for p in train.paths)
+    with pytest.raises(DataError, match="split"):
+        brazilian_coffee_dataset(tmp_path, split="val")
 
 
 def test_missing_pieces_are_data_errors(tmp_path: Path) -> None:

@@ -155,6 +155,11 @@ class BrazilianCoffeeScenes(Dataset):
         """Class index of every item (for class-balanced samplers)."""
         return [item.label for item in self.items]
 
+    @property
+    def paths(self) -> list[str]:
+        """Image path of every item."""
+        return [str(item.path) for item in self.items]
+
     def __len__(self) -> int:
         return len(self.items)
 
@@ -166,3 +171,22 @@ class BrazilianCoffeeScenes(Dataset):
         except OSError as exc:
             raise DataError(f"cannot read image {item.path}: {exc}; the file is corrupt, re-extract it") from exc
         return (self.transform(image) if self.transform else image), item.label
+
+
+def brazilian_coffee_dataset(
+    root: str | Path,
+    split: str = "train",
+    transform: Callable[[Image.Image], Any] | None = None,
+    test_fold: int = 1,
+) -> BrazilianCoffeeScenes:
+    """Dataset-registry loader (``data.name: brazilian_coffee``): ``split="train"`` gives the four
+    folds other than ``test_fold`` (1..5), ``split="test"`` gives ``test_fold``. Repeat a run
+    with ``data.params.test_fold`` = 1..5 for the 5-fold protocol."""
+    (test_fold,) = _check_folds([test_fold])
+    if split == "train":
+        folds = [f for f in range(1, NUM_FOLDS + 1) if f != test_fold]
+    elif split == "test":
+        folds = [test_fold]
+    else:
+        raise DataError(f"unknown split '{split}' for Brazilian Coffee Scenes; use 'train' or 'test'")
+    return BrazilianCoffeeScenes(root, folds, transform)
