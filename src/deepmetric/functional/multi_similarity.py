@@ -16,12 +16,25 @@ Pair mining (the paper's Sec. 3.3), computed on the detached matrix:
 
 * a negative is kept when :math:`S_{ik} + \epsilon > \min_{y_j = y_i} S_{ij}`,
 * a positive is kept when :math:`S_{ij} - \epsilon < \max_{y_k \ne y_i} S_{ik}`.
+
+The gradient is written out rather than taped op by op (it is the speed-critical part):
+
+.. math::
+
+    \frac{\partial L}{\partial S_{ij}} = \frac{1}{N}\Big(
+        \frac{e^{\beta (S_{ij} - \lambda)}}{1 + \sum_{k \in N_i} e^{\beta (S_{ik} - \lambda)}}[j \in N_i]
+      - \frac{e^{-\alpha (S_{ij} - \lambda)}}{1 + \sum_{k \in P_i} e^{-\alpha (S_{ik} - \lambda)}}[j \in P_i]
+    \Big),
+
+the pair weights of the paper's Eq. 7-8. The forward pass stores that one N x M matrix; the
+backward pass is a single multiply. (Second derivatives are not supported.)
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
 
 
 def masked_log1p_sum_exp(x: Tensor, mask: Tensor, dim: int) -> Tensor:
@@ -36,6 +49,45 @@ def masked_log1p_sum_exp(x: Tensor, mask: Tensor, dim: int) -> Tensor:
     shift = z.amax(dim=dim, keepdim=True).clamp_min(0.0).detach()
     total = torch.exp(z - shift).sum(dim=dim, keepdim=True) + torch.exp(-shift)
     return (shift + torch.log(total)).squeeze(dim)
+
+
+def _log1p_sum_exp_and_weights(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Row-wise ``log(1 + sum_mask exp(x))`` and its gradient ``exp(x) / (1 + sum)`` (0 off mask).
+
+    Overwrites ``x`` (a temporary of the caller)."""
+    z = x.masked_fill_(~mask, float("-inf"))
+    shift = z.amax(dim=1, keepdim=True).clamp_min_(0.0)
+    e = z.sub_(shift).exp_()
+    total = e.sum(dim=1, keepdim=True).add_(torch.exp(-shift))
+    value = shift.add_(torch.log(total)).squeeze(1)
+    return value, e.div_(total)
+
+
+class _MultiSimilarity(torch.autograd.Function):
+    """The loss on already-mined masks, with the closed-form gradient of the module docstring."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: FunctionCtx,
+        sim: Tensor,
+        pos_mask: Tensor,
+        neg_mask: Tensor,
+        alpha: float,
+        beta: float,
+        base: float,
+    ) -> Tensor:
+        shifted = sim - base
+        pos_value, pos_weight = _log1p_sum_exp_and_weights(shifted * -alpha, pos_mask)
+        neg_value, neg_weight = _log1p_sum_exp_and_weights(shifted.mul_(beta), neg_mask)
+        n = sim.shape[0]
+        ctx.save_for_backward(neg_weight.sub_(pos_weight).div_(n))
+        return (pos_value.div_(alpha).add_(neg_value, alpha=1.0 / beta)).sum() / n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        (weights,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return weights * grad, None, None, None, None, None
 
 
 @torch.no_grad()
@@ -89,6 +141,4 @@ def multi_similarity_loss(
         return sim.sum() * 0.0
     if mining:
         pos_mask, neg_mask = multi_similarity_mining(sim, pos_mask, neg_mask, epsilon)
-    pos_term = masked_log1p_sum_exp(-alpha * (sim - base), pos_mask, dim=1) / alpha
-    neg_term = masked_log1p_sum_exp(beta * (sim - base), neg_mask, dim=1) / beta
-    return (pos_term + neg_term).mean()
+    return _MultiSimilarity.apply(sim, pos_mask, neg_mask, float(alpha), float(beta), float(base))

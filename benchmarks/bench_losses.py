@@ -1,0 +1,315 @@
+"""Loss speed: deepmetric vs pytorch-metric-learning (PML), forward + backward, same inputs.
+
+For every loss, both libraries get the SAME L2-normalised embeddings (N x D, a leaf tensor, as
+a model head would output) and the SAME labels (P classes x K samples). One timed step is
+``loss(x, y).backward()`` including any mining; parameters (proxies, class weights) are copied
+so both compute on identical tensors. The three timings of one repeat (ours, PML, floor) are
+taken back to back, repeat after repeat, so slow drifts of a shared machine hit all three
+alike. The table gives medians.
+
+The floor is the least any cosine pair loss must do: ``F.normalize(x) @ F.normalize(x).T``,
+summed, forward + backward.
+
+Usage::
+
+    python benchmarks/bench_losses.py            # full: (128,128), (512,512), (1024,512)
+    python benchmarks/bench_losses.py --quick    # small sizes, few repeats
+    python benchmarks/bench_losses.py --only multi_similarity proxy_anchor --threads 4
+
+pytorch-metric-learning is needed only here (``pip install pytorch-metric-learning``); the
+library never imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from deepmetric.losses import build_loss, loss_class
+
+Step = Callable[[], Tensor]
+
+
+@dataclass
+class Case:
+    """One row family of the table: our loss and its PML counterpart."""
+
+    label: str
+    ours: str
+    ours_kwargs: dict[str, Any] = field(default_factory=dict)
+    pml: str = ""
+    note: str = ""
+    with_classes: bool = False  # the loss owns per-class parameters
+    same_formula: bool = True  # values are expected to agree
+
+
+CASES: list[Case] = [
+    Case("contrastive", "contrastive", {}, "ContrastiveLoss()",
+         "both: mean of [d]_+ over positives and [1 - d]_+ over negatives (non-squared)",
+         same_formula=False),
+    Case("triplet (all)", "triplet", {"mining": "all", "margin": 0.2},
+         "TripletMarginLoss(margin=0.2)", "all valid triplets, mean over all triplets"),
+    Case("triplet (semihard)", "triplet", {"mining": "semihard", "margin": 0.2},
+         "TripletMarginLoss(0.2) + TripletMarginMiner(0.2, 'semihard')",
+         "ours: FaceNet's nearest semi-hard negative per pair; PML: every semi-hard triplet",
+         same_formula=False),
+    Case("triplet (batch hard)", "triplet", {"mining": "batch_hard", "margin": 0.2},
+         "TripletMarginLoss(0.2) + BatchHardMiner()", "hardest positive and negative per anchor"),
+    Case("lifted structure", "lifted_structure", {}, "LiftedStructureLoss()",
+         "Song et al. 2016 smooth form (per positive pair); PML's GeneralizedLiftedStructureLoss "
+         "is Hermans et al.'s per-anchor variant, a different loss", same_formula=False),
+    Case("n-pair", "npair", {}, "NPairsLoss()", "", same_formula=False),
+    Case("angular", "angular", {}, "AngularLoss()", "", same_formula=False),
+    Case("multi-similarity", "multi_similarity", {}, "MultiSimilarityLoss() + MultiSimilarityMiner(0.1)",
+         "paper's mining in both"),
+    Case("proxy anchor", "proxy_anchor", {}, "ProxyAnchorLoss()", "proxies copied", with_classes=True),
+    Case("normalized softmax", "normalized_softmax", {}, "NormalizedSoftmaxLoss()",
+         "class weights copied", with_classes=True),
+]
+
+
+def make_pml(case: Case, num_classes: int, dim: int) -> tuple[Callable[[Tensor, Tensor], Tensor], nn.Module]:
+    """PML's counterpart of ``case`` as ``fn(x, y) -> loss`` plus the module holding its parameters."""
+    from pytorch_metric_learning import losses, miners
+
+    miner = None
+    if case.ours == "contrastive":
+        loss = losses.ContrastiveLoss()
+    elif case.ours == "triplet":
+        loss = losses.TripletMarginLoss(margin=0.2)
+        if case.ours_kwargs["mining"] == "semihard":
+            miner = miners.TripletMarginMiner(margin=0.2, type_of_triplets="semihard")
+        elif case.ours_kwargs["mining"] == "batch_hard":
+            miner = miners.BatchHardMiner()
+    elif case.ours == "lifted_structure":
+        loss = losses.LiftedStructureLoss()
+    elif case.ours == "npair":
+        loss = losses.NPairsLoss()
+    elif case.ours == "angular":
+        loss = losses.AngularLoss()
+    elif case.ours == "multi_similarity":
+        loss = losses.MultiSimilarityLoss()
+        miner = miners.MultiSimilarityMiner(epsilon=0.1)
+    elif case.ours == "proxy_anchor":
+        loss = losses.ProxyAnchorLoss(num_classes, dim)
+    elif case.ours == "normalized_softmax":
+        loss = losses.NormalizedSoftmaxLoss(num_classes, dim)
+    else:  # pragma: no cover - table and factory out of sync
+        raise KeyError(case.ours)
+    if miner is None:
+        return loss, loss
+    return (lambda x, y: loss(x, y, miner(x, y))), loss
+
+
+def copy_parameters(case: Case, ours: nn.Module, pml: nn.Module) -> None:
+    """Give PML's loss exactly our parameters (PML stores normalised-softmax weights as D x C)."""
+    with torch.no_grad():
+        if case.ours == "proxy_anchor":
+            pml.proxies.copy_(ours.proxies)
+        elif case.ours == "normalized_softmax":
+            pml.W.copy_(ours.weight.T)
+
+
+def pml_memory_bytes(case: Case, n: int, k: int) -> float:
+    """Rough peak memory of PML's loss; its lifted structure builds |pos pairs| x |neg pairs|."""
+    if case.ours == "lifted_structure":
+        return float(n * (k - 1)) * float(n * (n - k)) * 4 * 8
+    return 0.0
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def make_step(fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, y: Tensor, module: nn.Module | None) -> Step:
+    def step() -> Tensor:
+        x.grad = None
+        if module is not None:
+            module.zero_grad(set_to_none=True)
+        loss = fn(x, y)
+        loss.backward()
+        return loss
+
+    return step
+
+
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "process": time.process_time}
+clock: Callable[[], float] = time.perf_counter
+
+
+def timed(step: Step, device: torch.device) -> float:
+    sync(device)
+    start = clock()
+    step()
+    sync(device)
+    return (clock() - start) * 1000.0
+
+
+def benchmark(steps: dict[str, Step], repeats: int, warmup: int, cap_s: float, device: torch.device) -> dict[str, list[float]]:
+    """Interleaved timings (ms) of every step; a step slower than the cap gets fewer repeats."""
+    first = {name: max(timed(step, device) for _ in range(max(warmup, 1))) for name, step in steps.items()}
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            if len(times[name]) and (len(times[name]) + 1) * first[name] > cap_s * 1000.0:
+                continue
+            times[name].append(timed(step, device))
+    for name in steps:
+        if not times[name]:
+            times[name].append(first[name])
+    return times
+
+
+def fmt(v: float | None, digits: int = 2) -> str:
+    if v is None or not math.isfinite(v):
+        return "-"
+    return f"{v:.{digits}f}" if v < 100 else f"{v:.0f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="sizes (64,64),(256,128); 3 repeats")
+    parser.add_argument("--sizes", default=None, help="e.g. '128x128,512x512,1024x512'")
+    parser.add_argument("--k", type=int, default=4, help="samples per class (labels: P x K)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default 11, quick 3)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--cap", type=float, default=20.0, help="seconds per (loss, library, size)")
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--device", default="cpu", help="'cpu', 'cuda', 'cuda:1', ...")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="'process' (CPU time of this process) resists other load on a shared "
+                             "machine; meaningful on CPU with --threads 1")
+    parser.add_argument("--only", nargs="*", default=None, help="registry names to run")
+    parser.add_argument("--pml-memory-gb", type=float, default=3.0,
+                        help="skip a PML loss whose estimated peak memory exceeds this")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    args = parser.parse_args()
+
+    global clock
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    if device.type != "cpu" and args.clock != "wall":
+        parser.error("--clock process measures CPU time; use --clock wall on an accelerator")
+    clock = CLOCKS[args.clock]
+    sizes_text = args.sizes or ("64x64,256x128" if args.quick else "128x128,512x512,1024x512")
+    sizes = [tuple(int(v) for v in s.split("x")) for s in sizes_text.split(",")]
+    repeats = args.repeats or (3 if args.quick else 11)
+
+    import pytorch_metric_learning
+
+    print(
+        f"# Loss speed (forward + backward), median ms over up to {repeats} interleaved repeats "
+        f"after {args.warmup} warm-up\n"
+        f"torch {torch.__version__}, pytorch-metric-learning {pytorch_metric_learning.__version__}, "
+        f"device {device}, clock {args.clock}, torch.set_num_threads({args.threads}) -> {torch.get_num_threads()} threads, "
+        f"{platform.processor() or platform.machine()}, labels P x K with K={args.k}, float32\n"
+    )
+    cases = [c for c in CASES if args.only is None or c.ours in args.only]
+    available: list[Case] = []
+    for case in cases:
+        try:
+            loss_class(case.ours)
+        except (ImportError, AttributeError) as err:
+            print(f"note: skipped '{case.ours}' ({case.label}): not available yet ({err})")
+            continue
+        available.append(case)
+
+    rows: list[dict[str, Any]] = []
+    header = ("| loss | N x D | ours ms | PML ms | PML/ours | ours/floor | values agree | PML counterpart |\n"
+              "|---|---|---:|---:|---:|---:|---|---|")
+    lines = [header]
+    for n, dim in sizes:
+        g = torch.Generator().manual_seed(n * 7919 + dim)
+        x0 = F.normalize(torch.randn(n, dim, generator=g), dim=1).to(device)
+        num_classes = n // args.k
+        y = torch.arange(num_classes).repeat_interleave(args.k)[:n]
+        y = torch.cat([y, torch.arange(n - len(y))]).to(device)
+
+        def floor_fn(a: Tensor, _: Tensor) -> Tensor:
+            u = F.normalize(a, dim=1)
+            return (u @ u.T).sum()
+
+        floor_times: list[float] = []
+        for case in available:
+            torch.manual_seed(0)
+            kwargs = dict(case.ours_kwargs)
+            if case.with_classes:
+                kwargs.update(num_classes=int(y.max()) + 1, embedding_dim=dim)
+            ours = build_loss(case.ours, **kwargs).to(device)
+            steps: dict[str, Step] = {
+                "ours": make_step(ours, x0.clone().requires_grad_(True), y, ours),
+                "floor": make_step(floor_fn, x0.clone().requires_grad_(True), y, None),
+            }
+            note = ""
+            agree = "-"
+            mem = pml_memory_bytes(case, n, args.k)
+            if mem > args.pml_memory_gb * 2**30:
+                note = f"PML skipped: needs ~{mem / 2**30:.0f} GB (> --pml-memory-gb {args.pml_memory_gb:g})"
+            else:
+                pml_fn, pml_module = make_pml(case, int(y.max()) + 1, dim)
+                pml_module.to(device)
+                copy_parameters(case, ours, pml_module)
+                steps["pml"] = make_step(pml_fn, x0.clone().requires_grad_(True), y, pml_module)
+                with torch.no_grad():
+                    a, b = float(ours(x0, y)), float(pml_fn(x0, y))
+                rel = abs(a - b) / max(abs(a), abs(b), 1e-12)
+                agree = "yes" if rel < 1e-4 else f"no ({a:.4g} vs {b:.4g})"
+            times = benchmark(steps, repeats, args.warmup, args.cap, device)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            floor_times += times["floor"]
+            ratio = med["pml"] / med["ours"] if "pml" in med else None
+            row = {
+                "loss": case.label, "registry": case.ours, "n": n, "dim": dim,
+                "ours_ms": med["ours"], "pml_ms": med.get("pml"), "floor_ms": med["floor"],
+                "pml_over_ours": ratio, "ours_over_floor": med["ours"] / med["floor"],
+                "values_agree": agree, "pml": case.pml, "note": note or case.note,
+                "repeats": {k: len(v) for k, v in times.items()},
+            }
+            rows.append(row)
+            line = (f"| {case.label} | {n} x {dim} | {fmt(med['ours'])} | {fmt(med.get('pml'))} | "
+                    f"{fmt(ratio)} | {fmt(row['ours_over_floor'])} | {agree} | {case.pml}"
+                    f"{'; ' + note if note else ''} |")
+            lines.append(line)
+            print(line if len(lines) > 2 else header + "\n" + line, flush=True)
+        if floor_times:
+            floor_line = (f"| *floor* normalize + x x^T | {n} x {dim} | {fmt(statistics.median(floor_times))} "
+                          f"| | | 1.00 | | |")
+            lines.append(floor_line)
+            print(floor_line, flush=True)
+
+    print("\n## Table\n")
+    print("\n".join(lines))
+    notes = [f"* {c.label}: {c.note}" for c in available if c.note]
+    if notes:
+        print("\nNotes on the PML counterparts:\n" + "\n".join(notes))
+    print("\n## Targets\n")
+    for row in rows:
+        slower = row["pml_over_ours"] is not None and row["pml_over_ours"] < 1.0
+        over_floor = (row["n"], row["dim"]) == (512, 512) and row["ours_over_floor"] > 2.0
+        if slower or over_floor:
+            why = []
+            if slower:
+                why.append(f"slower than PML ({row['ours_ms']:.2f} vs {row['pml_ms']:.2f} ms)")
+            if over_floor:
+                why.append(f"{row['ours_over_floor']:.2f}x the floor at 512 x 512")
+            print(f"* MISS {row['loss']} at {row['n']} x {row['dim']}: " + "; ".join(why))
+    print("* (every other row: at least as fast as PML, and <= 2x the floor at 512 x 512)")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"threads": args.threads, "device": str(device), "rows": rows}, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
