@@ -35,7 +35,9 @@ class SymmetricalSynthesis(MetricLoss):
     matrix is an anchor, so the entries a loss reads for a *positive* sample against a negative,
     :math:`\tilde M_{pn}`, are synthesised as well):
 
-    * contrastive: the negative hinge acts on the hardest of each negative's pair;
+    * contrastive: the negative hinge acts on :math:`\tilde M_{ij}`; the contrastive loss reads
+      every ordered entry, so a negative pair (i, j) contributes both "i vs the hardest of j's
+      pair" and "j vs the hardest of i's pair";
     * triplet (all / semi-hard / hard): every triplet :math:`(a, p, n)` uses
       :math:`\tilde M_{an}`; semi-hard selection is made on the synthesised values;
     * lifted structure: the log-sum-exp over negatives of both :math:`i` and :math:`j` of each
