@@ -156,3 +156,23 @@ def test_functional_matches_module_on_given_matrix() -> None:
     assert multi_similarity_loss(s, pos, neg).item() == pytest.approx(
         MultiSimilarityLoss()(x, labels).item(), rel=1e-12
     )
+
+
+def test_fast_gradient_equals_taped_and_second_derivative_is_explicit() -> None:
+    x, labels = clustered(seed=7)
+    pos, neg = label_masks(labels)
+    a = x.clone().requires_grad_(True)
+    fast = multi_similarity_loss(cosine_similarity_matrix(a), pos, neg, beta=10.0)
+    (g_fast,) = torch.autograd.grad(fast, a)
+    b = x.clone().requires_grad_(True)
+    taped = multi_similarity_loss(cosine_similarity_matrix(b), pos, neg, beta=10.0, double_backward=True)
+    (g_taped,) = torch.autograd.grad(taped, b, create_graph=True)
+    assert fast.item() == pytest.approx(taped.item(), rel=1e-12)
+    assert torch.allclose(g_fast, g_taped, rtol=1e-10, atol=1e-14)
+    assert torch.autograd.gradgradcheck(
+        lambda e: multi_similarity_loss(cosine_similarity_matrix(e), pos, neg, beta=10.0, double_backward=True),
+        (b,),
+    )
+    c = x.clone().requires_grad_(True)
+    with pytest.raises(ConfigError, match="double_backward=True"):
+        torch.autograd.grad(multi_similarity_loss(cosine_similarity_matrix(c), pos, neg), c, create_graph=True)

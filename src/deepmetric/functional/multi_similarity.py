@@ -27,14 +27,17 @@ The gradient is written out rather than taped op by op (it is the speed-critical
     \Big),
 
 the pair weights of the paper's Eq. 7-8. The forward pass stores that one N x M matrix; the
-backward pass is a single multiply. (Second derivatives are not supported.)
+backward pass is a single multiply. For second derivatives (``create_graph=True``) pass
+``double_backward=True``: the same loss, taped op by op (slower).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import FunctionCtx
+
+from deepmetric.errors import ConfigError
 
 
 def masked_log1p_sum_exp(x: Tensor, mask: Tensor, dim: int) -> Tensor:
@@ -84,8 +87,13 @@ class _MultiSimilarity(torch.autograd.Function):
         return (pos_value.div_(alpha).add_(neg_value, alpha=1.0 / beta)).sum() / n
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        if torch.is_grad_enabled():  # backward(create_graph=True): a 2nd derivative is wanted
+            raise ConfigError(
+                "multi_similarity_loss's fast gradient has no second derivative; for "
+                "create_graph=True call deepmetric.functional.multi_similarity."
+                "multi_similarity_loss(..., double_backward=True)"
+            )
         (weights,) = ctx.saved_tensors  # type: ignore[attr-defined]
         return weights * grad, None, None, None, None, None
 
@@ -118,6 +126,7 @@ def multi_similarity_loss(
     base: float = 0.5,
     epsilon: float = 0.1,
     mining: bool = True,
+    double_backward: bool = False,
 ) -> Tensor:
     r"""Multi-similarity loss of an N x M similarity matrix (see the module docstring).
 
@@ -130,6 +139,8 @@ def multi_similarity_loss(
             the official code).
         epsilon: mining margin :math:`\epsilon` (paper: 0.1); used only if ``mining``.
         mining: apply :func:`multi_similarity_mining` before the loss.
+        double_backward: tape every op (twice differentiable, slower) instead of using the
+            closed-form gradient.
 
     Returns:
         The mean over all N anchors. An empty set (no kept positive or negative) makes its
@@ -141,4 +152,8 @@ def multi_similarity_loss(
         return sim.sum() * 0.0
     if mining:
         pos_mask, neg_mask = multi_similarity_mining(sim, pos_mask, neg_mask, epsilon)
+    if double_backward:
+        pos_term = masked_log1p_sum_exp(-alpha * (sim - base), pos_mask, dim=1) / alpha
+        neg_term = masked_log1p_sum_exp(beta * (sim - base), neg_mask, dim=1) / beta
+        return (pos_term + neg_term).mean()
     return _MultiSimilarity.apply(sim, pos_mask, neg_mask, float(alpha), float(beta), float(base))
