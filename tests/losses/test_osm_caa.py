@@ -128,7 +128,7 @@ def test_gradcheck_with_constant_weights():
     assert ((d - 1.2).abs() > 1e-3).all()  # away from the margin's kink
 
     def f(z):
-        return weighted_contrastive_loss(euclidean_distance_matrix(z), weights.pos_weights, weights.neg_weights)
+        return weighted_contrastive_loss(euclidean_distance_matrix(z), pos, neg, weights.pos_weights, weights.neg_weights)
 
     assert torch.autograd.gradcheck(f, (x.clone().requires_grad_(True),))
 

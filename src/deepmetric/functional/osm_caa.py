@@ -13,7 +13,8 @@ Every pair of a mini-batch gets a continuous, *constant* weight (computed withou
   (``caa_form="gaussian"``, the official code); pair attention :math:`a_{ij} = \min(a_i, a_j)`;
 * pair weights :math:`w^\pm_{ij} = s^\pm_{ij} a_{ij}`.
 
-The weighted contrastive loss, over unordered pairs :math:`i < j`:
+The weighted contrastive loss, over unordered pairs :math:`i < j` (equivalently over both
+orders of every pair, which gives the same weighted means for a symmetric distance matrix):
 
 .. math::
 
@@ -33,7 +34,7 @@ import torch
 from torch import Tensor
 
 from deepmetric.errors import ConfigError, InputError
-from deepmetric.functional.masks import upper_triangle
+from deepmetric.functional.contrastive import weighted_contrastive
 
 OSM_FORMS = ("paper", "gaussian")
 CAA_FORMS = ("prob", "gaussian")
@@ -95,12 +96,12 @@ def pair_attention(attention: Tensor, ref_attention: Tensor | None = None) -> Te
 
 class OSMCAAWeights(NamedTuple):
     """Constant weights of one batch (all detached). Pair matrices are zero outside the
-    (upper-triangular) positive / negative pairs they apply to."""
+    positive / negative pairs they apply to and symmetric for a symmetric distance matrix."""
 
     attention: Tensor  #: per-sample attention a_i, shape (N,)
     pair_attention: Tensor  #: min(a_i, a_j), N x N
-    pos_weights: Tensor  #: w+_ij = s+_ij a_ij on positive pairs i < j, else 0
-    neg_weights: Tensor  #: w-_ij = s-_ij a_ij on negative pairs i < j, else 0
+    pos_weights: Tensor  #: w+_ij = s+_ij a_ij on positive pairs, else 0
+    neg_weights: Tensor  #: w-_ij = s-_ij a_ij on negative pairs, else 0
 
 
 def osm_caa_weights(
@@ -117,7 +118,6 @@ def osm_caa_weights(
 
     ``attention`` (N,) is the CAA attention; ``None`` means 1 for every sample (no CAA).
     ``use_osm=False`` sets :math:`s^\\pm = 1` on every pair (plain contrastive weighting).
-    Only pairs with i < j are kept, so every unordered pair counts once.
     """
     if dist.dim() != 2 or dist.shape[0] != dist.shape[1]:
         raise InputError(
@@ -127,9 +127,9 @@ def osm_caa_weights(
     n = dist.shape[0]
     if attention is None:
         attention = torch.ones(n, dtype=dist.dtype, device=dist.device)
+    if attention.shape != (n,):
+        raise InputError(f"attention must have one value per sample, shape ({n},), got {tuple(attention.shape)}")
     a_ij = pair_attention(attention.to(dist.dtype))
-    pos = upper_triangle(pos_mask)
-    neg = upper_triangle(neg_mask)
     with torch.no_grad():
         if use_osm:
             s_pos = osm_positive_weights(dist, sigma, osm_form)
@@ -137,21 +137,15 @@ def osm_caa_weights(
         else:
             s_pos = torch.ones_like(dist)
             s_neg = torch.ones_like(dist)
-        w_pos = (s_pos * a_ij).masked_fill(~pos, 0.0)
-        w_neg = (s_neg * a_ij).masked_fill(~neg, 0.0)
+        w_pos = (s_pos * a_ij).masked_fill(~pos_mask, 0.0)
+        w_neg = (s_neg * a_ij).masked_fill(~neg_mask, 0.0)
     return OSMCAAWeights(attention.detach(), a_ij, w_pos, w_neg)
-
-
-def _weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
-    """``sum(w * v) / sum(w)``; exactly 0 (graph-connected) when ``sum(w) == 0``."""
-    den = weights.sum()
-    num = (weights * values).sum()
-    tiny = torch.finfo(values.dtype).tiny
-    return torch.where(den > 0, num / den.clamp_min(tiny), values.sum() * 0.0)
 
 
 def weighted_contrastive_loss(
     dist: Tensor,
+    pos_mask: Tensor,
+    neg_mask: Tensor,
     pos_weights: Tensor,
     neg_weights: Tensor,
     alpha: float = 1.2,
@@ -159,12 +153,24 @@ def weighted_contrastive_loss(
 ) -> Tensor:
     r""":math:`(1-\lambda) L_P + \lambda L_N` with constant pair weights (see module docstring).
 
-    ``pos_weights`` / ``neg_weights`` are N x N, zero outside the pairs they weigh (use each
-    unordered pair once). Gradients flow through ``dist`` only.
+    Built on :func:`deepmetric.functional.contrastive.weighted_contrastive` (squared terms,
+    margins 0 and :math:`\alpha`, weighted means). The masks of a batch against itself hold
+    both (i, j) and (j, i); for a symmetric ``dist`` the weighted means are then exactly the
+    means over unordered pairs i < j, and an asymmetric matrix (after symmetrical synthesis) has
+    both directions of each pair averaged. Gradients flow through ``dist`` only.
     """
-    loss_p = 0.5 * _weighted_mean(dist**2, pos_weights.detach())
-    loss_n = 0.5 * _weighted_mean((alpha - dist).clamp_min(0.0) ** 2, neg_weights.detach())
-    return (1.0 - lam) * loss_p + lam * loss_n
+    loss_p, loss_n = weighted_contrastive(
+        dist,
+        pos_mask,
+        neg_mask,
+        pos_weights.detach(),
+        neg_weights.detach(),
+        pos_margin=0.0,
+        neg_margin=alpha,
+        squared=True,
+        reduction="mean",
+    )
+    return (1.0 - lam) * 0.5 * loss_p + lam * 0.5 * loss_n
 
 
 def osm_caa_loss(
@@ -185,4 +191,4 @@ def osm_caa_loss(
     \\lambda\\,\\mathrm{mean}_{neg} [\\alpha-d]_+^2/2` over unordered pairs.
     """
     w = osm_caa_weights(dist, pos_mask, neg_mask, attention, alpha, sigma, osm_form, use_osm)
-    return weighted_contrastive_loss(dist, w.pos_weights, w.neg_weights, alpha, lam)
+    return weighted_contrastive_loss(dist, pos_mask, neg_mask, w.pos_weights, w.neg_weights, alpha, lam)

@@ -149,16 +149,22 @@ class OSMCAALoss(PairLoss):
     def matrix_loss(
         self, matrix: Tensor, pos_mask: Tensor, neg_mask: Tensor, attention: Tensor | None = None
     ) -> Tensor:
-        """The metric part on a square distance matrix; ``attention=None`` means a_i = 1."""
+        """The metric part on a square distance matrix; ``attention=None`` means a_i = 1.
+
+        Wrappers that call ``matrix_loss`` directly (e.g. symmetrical synthesis) thus get the
+        OSM-weighted contrastive loss without attention and without the CE term.
+        """
         weights = osm_caa_weights(
             matrix, pos_mask, neg_mask, attention, self.alpha, self.sigma, self.osm_form, self.use_osm
         )
         self._last = weights
-        return weighted_contrastive_loss(matrix, weights.pos_weights, weights.neg_weights, self.alpha, self.lam)
+        return weighted_contrastive_loss(
+            matrix, pos_mask, neg_mask, weights.pos_weights, weights.neg_weights, self.alpha, self.lam
+        )
 
     def last_weights(self) -> OSMCAAWeights:
         """The constant weights of the last batch: ``attention`` (N,), ``pair_attention``,
-        ``pos_weights`` and ``neg_weights`` (N x N, upper triangle)."""
+        ``pos_weights`` and ``neg_weights`` (N x N, symmetric, zero off their pairs)."""
         if self._last is None:
             raise InputError("no batch seen yet; call the loss on a batch before last_weights()")
         return self._last
