@@ -29,6 +29,7 @@ LOSS_REGISTRY: dict[str, str] = {
     "normalized_softmax": "classification:NormalizedSoftmaxLoss",
     "ranked_list": "ranked_list:RankedListLoss",
     "center_structured": "center_structured:CenterStructuredLoss",
+    "triplet_hybrid": "triplet_hybrid:TripletHybridLoss",
 }
 
 
