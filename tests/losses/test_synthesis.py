@@ -14,6 +14,7 @@ from torch import Tensor
 
 from deepmetric.errors import ConfigError
 from deepmetric.functional import synthesis as fs
+from deepmetric.functional.masks import label_masks
 from deepmetric.functional.synthesis import (
     next_in_class,
     reflect,
@@ -132,6 +133,8 @@ def _explicit_matrix(
     def m(a: list[float], b: list[float]) -> float:
         if metric == "euclidean":
             return math.sqrt(sum((p - q) ** 2 for p, q in zip(a, b)))
+        if metric == "dot":
+            return sum(p * q for p, q in zip(a, b))
         na = math.sqrt(sum(p * p for p in a))
         nb = math.sqrt(sum(q * q for q in b))
         return sum(p * q for p, q in zip(a, b)) / (na * nb)
@@ -153,7 +156,7 @@ def _explicit_matrix(
                 _explicit_reflect(rows[nu], rows[j], alpha, beta),
             ]
             values = [m(rows[i], c) for c in candidates]
-            out[i, j] = max(values) if metric == "cosine" else min(values)
+            out[i, j] = max(values) if metric in ("cosine", "dot") else min(values)
     return out
 
 
@@ -327,3 +330,9 @@ def test_wraps_base_loss(name: str, params: dict[str, object]) -> None:
     loss.backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     assert x.grad.abs().sum() > 0
+    # the wrapper is exactly the base loss on the explicitly synthesised matrix (+ regulariser)
+    with torch.no_grad():
+        explicit = _explicit_matrix(x.detach(), y.tolist(), base.metric, 2.0, 1.0)
+        pos_mask, neg_mask = label_masks(y)
+        expected = base.matrix_loss(explicit, pos_mask, neg_mask) + base.regularizer(x)
+        torch.testing.assert_close(wrapped(x, y), expected)
