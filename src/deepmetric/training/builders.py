@@ -19,7 +19,7 @@ gallery). A loader without a ``split`` parameter may instead return a mapping
 a batch of inputs to N x D embeddings, with ``.embedding_dim`` and optionally
 ``.train_transform()`` / ``.eval_transform()`` and ``.backbone_parameters()`` /
 ``.head_parameters()``. A ``model.*`` key that the builder does not accept must stay at its
-default: setting it explicitly is an error.
+default: a different value is an error.
 """
 
 from __future__ import annotations
@@ -133,10 +133,11 @@ def build_model(config: Config) -> nn.Module:
     }
     names, var_kw = _accepts(fn)
     if not var_kw:
-        explicit = set(m.model_fields_set) - {"name", "params"}
-        if "image_size" in config.data.model_fields_set:
-            explicit.add("image_size")
-        ignored = sorted(k for k in explicit if k not in names)
+        defaults = ModelConfig()
+        changed = {k for k in standard if k in ModelConfig.model_fields and getattr(m, k) != getattr(defaults, k)}
+        if config.data.image_size is not None:
+            changed.add("image_size")
+        ignored = sorted(k for k in changed if k not in names)
         if ignored:
             raise ConfigError(
                 f"model '{m.name}' does not take {', '.join(ignored)}; remove "
