@@ -209,7 +209,9 @@ class EvalConfig(_Section):
     metrics: list[str] | None = Field(None, description="metric families to compute; null = evaluator default")
     k_values: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], description="K of Recall@K")
     metric: Literal["cosine", "euclidean"] = Field("cosine", description="similarity for k-NN retrieval")
-    backend: str = Field("auto", description="k-NN backend (exact, faiss, auto)")
+    backend: Literal["exact", "faiss"] = Field(
+        "exact", description="k-NN backend: exact (torch, chunked) or faiss (needs faiss installed)"
+    )
     select_metric: str = Field("map@r", description="metric that chooses checkpoints/best.pt")
     select_mode: Literal["max", "min"] = Field("max", description="whether a larger select_metric is better")
     baseline: bool = Field(True, description="evaluate the untrained (pretrained-features) network on test")

@@ -59,6 +59,7 @@ DATASET_REGISTRY: dict[str, str | Callable[..., Any]] = {
     "cars196": "deepmetric.data.benchmarks:cars196_dataset",
     "sop": "deepmetric.data.benchmarks:sop_dataset",
     "inshop": "deepmetric.data.benchmarks:inshop_dataset",
+    "brazilian_coffee": "deepmetric.data.brazilian_coffee:brazilian_coffee_dataset",
 }
 
 #: model name -> "module:function" (or a callable), see the model builder contract above
