@@ -93,8 +93,8 @@ class CenterStructuredLoss(MetricLoss):
                 f"{num_classes} and {embedding_dim}; set them from the training classes and the "
                 "model's embedding size"
             )
-        for name, value in (("lam_s", lam_s), ("lam_c", lam_c), ("ce_weight", ce_weight),
-                            ("center_margin", center_margin)):
+        knobs = {"lam_s": lam_s, "lam_c": lam_c, "ce_weight": ce_weight, "center_margin": center_margin}
+        for name, value in knobs.items():
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"center_structured {name} must be a finite number >= 0, got {value}")
         if not math.isfinite(alpha):
@@ -124,6 +124,7 @@ class CenterStructuredLoss(MetricLoss):
         self.ema_momentum = float(ema_momentum)
 
         # unit-norm random centers (the model head L2-normalises embeddings)
+        self.centers: Tensor
         init = F.normalize(torch.randn(self.num_classes, self.embedding_dim), dim=1)
         if center_update == "sgd":
             self.centers = nn.Parameter(init)
@@ -174,8 +175,8 @@ class CenterStructuredLoss(MetricLoss):
     def update_centers(self, embeddings: Tensor, labels: Tensor) -> None:
         """The ``"ema"`` update toward this batch's class means (called by training forwards)."""
         check_center_labels(labels, self.num_classes)
-        new = ema_centers(self.centers, embeddings.detach().to(self.centers), labels.to(self.centers.device),
-                          self.ema_momentum)
+        features = embeddings.detach().to(self.centers)
+        new = ema_centers(self.centers, features, labels.to(self.centers.device), self.ema_momentum)
         self.centers.copy_(new)
 
     # ------------------------------------------------------------------ prediction

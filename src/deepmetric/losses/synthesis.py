@@ -88,7 +88,7 @@ class SymmetricalSynthesis(MetricLoss):
                     f"symmetrical synthesis needs {name} > 0 (finite), got {value}; use the "
                     "paper's alpha=2.0, beta=1.0"
                 )
-        self.base_loss = base_loss
+        self.base_loss: PairLoss = base_loss
         self.alpha = float(alpha)
         self.beta = float(beta)
         self.enabled = bool(enabled)
