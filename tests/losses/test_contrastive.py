@@ -151,3 +151,19 @@ def test_build_loss_and_bad_config():
         ContrastiveLoss(reduction="mean_activ")
     with pytest.raises(InputError):
         contrastive_loss(torch.zeros(3, 3), torch.zeros(3, 2, dtype=torch.bool), torch.zeros(3, 3, dtype=torch.bool))
+
+
+def test_asymmetric_square_matrix_averages_both_directions():
+    """A synthesised matrix can differ at (i, j) and (j, i): both entries count, sum is halved."""
+    g = torch.Generator().manual_seed(7)
+    d = torch.rand(6, 6, generator=g, dtype=torch.float64) * 1.5
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    pos, neg = label_masks(labels)
+    ordered_pos = [d[i, j] for i in range(6) for j in range(6) if pos[i, j]]
+    ordered_neg = [max(0.0, 1.0 - d[i, j].item()) for i in range(6) for j in range(6) if neg[i, j]]
+    mean = contrastive_loss(d, pos, neg)
+    assert mean.item() == pytest.approx(
+        (sum(ordered_pos) / len(ordered_pos)).item() + sum(ordered_neg) / len(ordered_neg), rel=1e-12
+    )
+    total = contrastive_loss(d, pos, neg, reduction="sum")
+    assert total.item() == pytest.approx(0.5 * (sum(ordered_pos).item() + sum(ordered_neg)), rel=1e-12)
