@@ -128,21 +128,25 @@ class OSMCAALoss(PairLoss):
                 f"[{int(labels.min())}, {int(labels.max())}]; remap labels to 0..C-1 or raise num_classes"
             )
 
-    def attention(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        """Constant per-sample CAA attention :math:`a_i` (ones when ``use_caa`` is False)."""
+    def attention(self, embeddings: Tensor, labels: Tensor, logits: Tensor | None = None) -> Tensor:
+        """Constant per-sample CAA attention :math:`a_i` (ones when ``use_caa`` is False).
+
+        ``logits`` (the classifier's output on ``embeddings``) are reused when given.
+        """
         if not self.use_caa:
             return torch.ones(embeddings.shape[0], dtype=embeddings.dtype, device=embeddings.device)
-        logits = self.classifier(embeddings.detach())
+        if logits is None:
+            logits = self.classifier(embeddings.detach())
         return class_aware_attention(logits, labels, self.caa_form, self.caa_mean, self.caa_sigma)
 
     def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         self._check_labels(embeddings, labels)
         dist = self.pair_matrix(embeddings)
         pos_mask, neg_mask = label_masks(labels)
-        attention = self.attention(embeddings, labels)
+        logits = self.classifier(embeddings) if (self.use_caa or self.ce_weight > 0) else None
+        attention = self.attention(embeddings, labels, logits)  # detached inside
         loss = self.matrix_loss(dist, pos_mask, neg_mask, attention=attention)
-        if self.ce_weight > 0:
-            logits = self.classifier(embeddings)
+        if self.ce_weight > 0 and logits is not None:
             loss = loss + self.ce_weight * F.cross_entropy(logits, labels.long())
         return loss
 
