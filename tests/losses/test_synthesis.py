@@ -284,6 +284,24 @@ def test_non_pair_loss_is_a_config_error() -> None:
         SymmetricalSynthesis(SymmetricalSynthesis(SmoothEuclideanLoss()))
 
 
+class PairLossWithExtraTerm(SmoothEuclideanLoss):
+    """A pair loss whose compute adds a term that matrix_loss does not see."""
+
+    def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        return super().compute(embeddings, labels) + embeddings.pow(2).sum()
+
+
+def test_pair_loss_with_own_compute_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="silently drop"):
+        SymmetricalSynthesis(PairLossWithExtraTerm())
+    try:
+        osm = build_loss("osm_caa", num_classes=3, embedding_dim=4)
+    except (ImportError, AttributeError) as exc:  # pragma: no cover - depends on other helpers
+        pytest.skip(f"osm_caa loss not available: {exc}")
+    with pytest.raises(ConfigError, match="silently drop"):
+        SymmetricalSynthesis(osm)
+
+
 def test_proxy_anchor_is_a_config_error() -> None:
     try:
         loss = build_loss("proxy_anchor", num_classes=3, embedding_dim=4)

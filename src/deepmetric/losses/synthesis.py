@@ -54,8 +54,10 @@ class SymmetricalSynthesis(MetricLoss):
 
     Args:
         base_loss: a :class:`~deepmetric.losses.base.PairLoss` (contrastive, triplet, lifted
-            structure, N-pair, angular, multi-similarity, ...). Losses that are not a function
-            of one pair matrix (proxy or classifier losses) raise :class:`ConfigError`.
+            structure, N-pair, angular, multi-similarity, ranked list, ...). Losses that are not
+            a function of one pair matrix raise :class:`ConfigError`: proxy and classifier
+            losses, and pair losses whose ``compute`` adds more than ``matrix_loss`` +
+            ``regularizer`` (e.g. OSM+CAA's attention and cross-entropy).
         alpha: projection scale :math:`\alpha` (> 0), default 2 (a mirror reflection).
         beta: output scale :math:`\beta` (> 0), default 1.
         enabled: if False the wrapper returns exactly ``base_loss(embeddings, labels)``
@@ -81,6 +83,13 @@ class SymmetricalSynthesis(MetricLoss):
                 f"symmetrical synthesis cannot wrap {type(base_loss).__name__}: it does not "
                 "implement matrix_loss(matrix, pos_mask, neg_mask); implement it or drop "
                 "`loss.synthesis`"
+            )
+        if type(base_loss).compute is not PairLoss.compute:
+            raise ConfigError(
+                f"symmetrical synthesis cannot wrap {type(base_loss).__name__}: it computes more "
+                "than matrix_loss(matrix, pos_mask, neg_mask) + regularizer(embeddings) (its own "
+                "compute adds terms such as attention or a classifier), which the wrapper would "
+                "silently drop; wrap a plain pair loss or drop `loss.synthesis`"
             )
         for name, value in (("alpha", alpha), ("beta", beta)):
             if not (math.isfinite(value) and value > 0):
