@@ -150,7 +150,8 @@ def test_build_loss_and_bad_config():
     with pytest.raises(ConfigError, match="mean_active"):
         ContrastiveLoss(reduction="mean_activ")
     with pytest.raises(InputError):
-        contrastive_loss(torch.zeros(3, 3), torch.zeros(3, 2, dtype=torch.bool), torch.zeros(3, 3, dtype=torch.bool))
+        bad_pos = torch.zeros(3, 2, dtype=torch.bool)
+        contrastive_loss(torch.zeros(3, 3), bad_pos, torch.zeros(3, 3, dtype=torch.bool))
 
 
 def test_asymmetric_square_matrix_averages_both_directions():

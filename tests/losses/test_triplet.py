@@ -73,7 +73,11 @@ def margin_gaps(x, labels, margin, metric):
     return gaps.abs().min().item(), row_gaps.min().item()
 
 
-CASES = [(mining, metric) for mining in ("all", "semihard", "batch_hard") for metric in ("euclidean", "cosine")]
+CASES = [
+    (mining, metric)
+    for mining in ("all", "semihard", "batch_hard")
+    for metric in ("euclidean", "cosine")
+]
 
 
 @pytest.mark.parametrize("mining,metric", CASES)
