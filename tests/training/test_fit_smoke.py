@@ -171,8 +171,33 @@ def test_real_embedder_and_image_transforms(tmp_path: Path, monkeypatch: pytest.
         ["device=cpu", "data.name=shapes", "data.num_workers=0", "data.val_fraction=0.34", "data.image_size=32",
          "model.backbone=test_efficientnet", "model.pretrained=false", "model.embedding_dim=8",
          "sampler.p=2", "sampler.k=2", "trainer.steps=2", "trainer.eval_every=0", "scheduler.warmup_steps=1",
-         "eval.select_metric=recall@1", "eval.batch_size=8"],
+         "eval.select_metric=recall@1", "eval.batch_size=8", "eval.k_values=[1, 2]"],
     )
     summary = fit(config, tmp_path, progress=False)
     assert summary["steps"] == 2
     assert np.load(RunPaths(tmp_path).test_embeddings)["embeddings"].shape == (12, 8)
+
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"  # ../shared/data from the repo root
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_fit_on_real_olivetti_faces(tmp_path: Path) -> None:
+    npz = SHARED / "olivetti"
+    files = sorted(npz.glob("*.npz")) if npz.is_dir() else []
+    if not files:
+        pytest.skip(f"shared data not found at {npz}")
+    config = load_config(
+        None,
+        ["device=cpu", "data.name=olivetti", f"data.root={files[0]}", "data.num_workers=0", "data.image_size=16",
+         "model.backbone=test_efficientnet", "model.pretrained=false", "model.embedding_dim=16",
+         "sampler.p=4", "sampler.k=3", "trainer.steps=3", "trainer.eval_every=0", "eval.batch_size=100",
+         "eval.metrics=[recall@k, map@r]"],
+    )
+    summary = fit(config, tmp_path, progress=False)
+    assert summary["steps"] == 3
+    # 20 test people x 10 photos; the baseline and the test metrics are both present and finite
+    assert np.load(RunPaths(tmp_path).test_embeddings)["labels"].shape == (200,)
+    assert 0.0 <= summary["baseline"]["metrics"]["map@r"] <= 1.0
+    assert 0.0 <= summary["test"]["map@r"] <= 1.0
