@@ -172,6 +172,8 @@ def test_metric_functions_on_hand_computed_rows():
     assert r_precision(hits, R) == pytest.approx((1 / 2 + 2 / 3) / 2)
     assert map_at_r(hits, R) == pytest.approx((0.5 + (0.5 + 2 / 3) / 3) / 2)
     assert recall_at_k(hits, (1, 2)) == {"recall@1": 0.5, "recall@2": 1.0}
+    with pytest.raises(InputError, match="larger k"):
+        recall_at_k(hits, (5,))  # would silently miss hits beyond the searched neighbours
     # 3 and 5 tie with 2 votes each: the class seen first (nearer) wins
     assert knn_vote(torch.tensor([[3, 5, 5, 3, 1], [1, 2, 2, 2, 1]])).tolist() == [3, 2]
     assert knn_vote(torch.tensor([[3, 3, 5, 5, 1], [1, 2, 2, 2, 1]])).tolist() == [3, 2]

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from sklearn.metrics import normalized_mutual_info_score
 from torch import Tensor
 
 from deepmetric.errors import ConfigError, DataError, unknown_name_message
@@ -56,6 +54,8 @@ def kmeans_assignments(
         km.train(x)
         _, assign = km.index.search(x, 1)
         return assign.reshape(-1).astype(np.int64)
+    from sklearn.cluster import KMeans  # noqa: PLC0415  (heavy import, only when clustering)
+
     km = KMeans(n_clusters=n_clusters, n_init=n_init, max_iter=max_iter, random_state=seed)
     return km.fit_predict(x).astype(np.int64)
 
@@ -63,6 +63,8 @@ def kmeans_assignments(
 def nmi_score(labels: Tensor | np.ndarray, clusters: Tensor | np.ndarray) -> float:
     r"""Normalised mutual information :math:`I(Y; C) / \tfrac12 (H(Y) + H(C))` (arithmetic mean
     normalisation, as :func:`sklearn.metrics.normalized_mutual_info_score`)."""
+    from sklearn.metrics import normalized_mutual_info_score  # noqa: PLC0415
+
     return float(normalized_mutual_info_score(_to_numpy(labels), _to_numpy(clusters)))
 
 

@@ -78,10 +78,14 @@ def neighbour_hits(indices: Tensor, query_labels: Tensor, gallery_labels: Tensor
 
 def recall_at_k(hits: Tensor, k_values: Sequence[int]) -> dict[str, float]:
     """``{"recall@K": fraction of rows with a hit among their first K columns}``."""
-    first_hit = torch.where(
-        hits.any(dim=1), hits.float().argmax(dim=1), torch.full_like(hits[:, 0], hits.shape[1], dtype=torch.long)
-    )
-    return {f"recall@{k}": float((first_hit < k).double().mean()) for k in k_values}
+    if k_values and max(k_values) > hits.shape[1]:
+        raise InputError(
+            f"recall@{max(k_values)} needs at least {max(k_values)} neighbours per query, got "
+            f"{hits.shape[1]}; search with a larger k"
+        )
+    has_hit = hits.any(dim=1)
+    first_hit = hits.to(torch.uint8).argmax(dim=1)  # first True (argmax returns the first maximum)
+    return {f"recall@{k}": float((has_hit & (first_hit < k)).double().mean()) for k in k_values}
 
 
 def precision_at_1(hits: Tensor) -> float:
