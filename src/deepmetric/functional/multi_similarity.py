@@ -144,8 +144,11 @@ def multi_similarity_loss(
 
     Returns:
         The mean over all N anchors. An empty set (no kept positive or negative) makes its
-        term :math:`\log 1 = 0`; with mining, an anchor lacking positives or negatives keeps no
-        pair at all and contributes 0 (the official code skips it but still divides by N).
+        term :math:`\log 1 = 0`. Mining empties both sets of an anchor or neither (no kept
+        negative means every negative is below :math:`\min P - \epsilon`, so no positive is
+        below :math:`\max N + \epsilon`, and conversely), so an anchor lacking positives or
+        negatives contributes 0, exactly like the official code, which skips such anchors
+        but still divides by N.
         The value stays connected to the graph with a zero gradient.
     """
     if sim.shape[0] == 0 or sim.shape[1] == 0:
