@@ -175,7 +175,9 @@ def timed(step: Step, device: torch.device) -> float:
     return (clock() - start) * 1000.0
 
 
-def benchmark(steps: dict[str, Step], repeats: int, warmup: int, cap_s: float, device: torch.device) -> dict[str, list[float]]:
+def benchmark(
+    steps: dict[str, Step], repeats: int, warmup: int, cap_s: float, device: torch.device
+) -> dict[str, list[float]]:
     """Interleaved timings (ms) of every step, at least one each; a slow step (whose repeats
     would overrun ``cap_s`` seconds) gets fewer repeats and a shorter warm-up."""
     cap_ms = cap_s * 1000.0
@@ -238,7 +240,8 @@ def main() -> None:
         f"# Loss speed (forward + backward), median ms over up to {repeats} interleaved repeats "
         f"after {args.warmup} warm-up\n"
         f"torch {torch.__version__}, pytorch-metric-learning {pytorch_metric_learning.__version__}, "
-        f"device {device}, clock {args.clock}, torch.set_num_threads({args.threads}) -> {torch.get_num_threads()} threads, "
+        f"device {device}, clock {args.clock}, "
+        f"torch.set_num_threads({args.threads}) -> {torch.get_num_threads()} threads, "
         f"{platform.processor() or platform.machine()}, labels P x K with K={args.k}, float32, "
         f"time cap {args.cap:g} s per (loss, library, size), PML memory cap {args.pml_memory_gb:g} GB\n"
     )
