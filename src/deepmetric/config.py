@@ -91,9 +91,9 @@ class SamplerConfig(_Section):
 
     p: int = Field(8, ge=2, description="classes per batch")
     k: int = Field(4, ge=2, description="samples per class in a batch")
-    small_class_policy: str = Field(
+    small_class_policy: Literal["replace", "drop", "error"] = Field(
         "replace",
-        description="what to do with a class that has fewer than k samples (passed to the sampler)",
+        description="a class with fewer than k samples is sampled with replacement, dropped, or an error",
     )
 
 

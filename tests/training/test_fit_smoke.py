@@ -168,7 +168,7 @@ def test_real_embedder_and_image_transforms(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setitem(builders.DATASET_REGISTRY, "shapes", shapes_dataset)
     config = load_config(
         None,
-        ["device=cpu", "data.name=shapes", "data.num_workers=0", "data.val_fraction=0.34", "data.image_size=32",
+        ["device=cpu", "data.name=shapes", "data.num_workers=0", "data.val_fraction=0.34", "data.image_size=16",
          "model.backbone=test_efficientnet", "model.pretrained=false", "model.embedding_dim=8",
          "sampler.p=2", "sampler.k=2", "trainer.steps=2", "trainer.eval_every=0", "scheduler.warmup_steps=1",
          "eval.select_metric=recall@1", "eval.batch_size=8", "eval.k_values=[1, 2]"],
