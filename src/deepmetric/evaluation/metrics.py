@@ -185,6 +185,8 @@ def nearest_centroid_predictions(
 
 
 def _as_tensor(x: Any, name: str) -> Tensor:
+    if isinstance(x, (list, tuple)):
+        x = torch.as_tensor(x)
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(x))
     if not isinstance(x, Tensor):
