@@ -20,6 +20,7 @@ from deepmetric.data.image_io import IMAGE_EXTENSIONS, load_image
 from deepmetric.data.manifest import CSVManifestDataset, csv_dataset
 from deepmetric.data.olivetti import OlivettiDataset, olivetti_dataset
 from deepmetric.data.omniglot import OmniglotDataset, embedded_omniglot_zip, omniglot_dataset
+from deepmetric.data.samplers import PKSampler
 from deepmetric.data.splits import ClassSplit, split_classes, split_indices, stratified_split
 from deepmetric.data.transforms import build_eval_transform, build_train_transform
 
@@ -32,6 +33,7 @@ __all__ = [
     "ImageFolderDataset",
     "OlivettiDataset",
     "OmniglotDataset",
+    "PKSampler",
     "build_eval_transform",
     "build_train_transform",
     "cars196_dataset",
