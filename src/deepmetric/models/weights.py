@@ -42,8 +42,14 @@ def _is_counter(key: str) -> bool:
     return key.endswith(_COUNTER_SUFFIX)
 
 
+def _arch(backbone: str) -> str:
+    """The architecture part of a timm name (``"tf_efficientnet_lite0.in1k"`` -> ``"tf_efficientnet_lite0"``)."""
+    return backbone.split(".", 1)[0]
+
+
 def has_offline_weights(backbone: str) -> bool:
     """Whether ``backbone`` has packaged ImageNet weights AND their package is installed."""
+    backbone = _arch(backbone)
     return backbone in OFFLINE_WEIGHTS and importlib.util.find_spec(OFFLINE_WEIGHTS[backbone][0]) is not None
 
 
@@ -53,6 +59,7 @@ def offline_weights_path(backbone: str = "tf_efficientnet_lite0") -> Path:
     Raises:
         DataError: the backbone has no packaged weights, or their package is not installed.
     """
+    backbone = _arch(backbone)
     if backbone not in OFFLINE_WEIGHTS:
         raise DataError(
             f"no packaged offline weights for backbone '{backbone}' (available: "
@@ -256,7 +263,7 @@ def load_pretrained_backbone(model: nn.Module, backbone: str, pretrained: bool |
     if pretrained is False or pretrained is None:
         return "random"
     if isinstance(pretrained, str) and pretrained == "offline":
-        if backbone in OFFLINE_WEIGHTS:
+        if _arch(backbone) in OFFLINE_WEIGHTS:
             path = offline_weights_path(backbone)
             source = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(map_offline_state_dict(model, source, backbone), strict=True)
