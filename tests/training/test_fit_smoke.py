@@ -175,7 +175,12 @@ def test_real_embedder_and_image_transforms(tmp_path: Path, monkeypatch: pytest.
     )
     summary = fit(config, tmp_path, progress=False)
     assert summary["steps"] == 2
-    assert np.load(RunPaths(tmp_path).test_embeddings)["embeddings"].shape == (12, 8)
+    saved = np.load(RunPaths(str(tmp_path)).test_embeddings)["embeddings"]
+    assert saved.shape == (12, 8)
+    # the best checkpoint, rebuilt from config.yaml, reproduces the saved test embeddings
+    model, _, _ = load_trained(tmp_path, "best")
+    again, _ = embed(model, shapes_dataset("test", model.eval_transform()))
+    assert torch.allclose(again, torch.from_numpy(saved), atol=1e-5)
 
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"  # ../shared/data from the repo root

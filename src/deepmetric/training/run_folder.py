@@ -18,6 +18,9 @@ class RunPaths:
 
     root: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
     @property
     def config(self) -> Path:
         return self.root / "config.yaml"
@@ -47,6 +50,14 @@ class RunPaths:
         return self.root / "test_embeddings.npz"
 
 
+def _builder_params(name: str) -> set[str]:
+    import inspect
+
+    from deepmetric.training.builders import MODEL_REGISTRY, resolve
+
+    return set(inspect.signature(resolve(MODEL_REGISTRY[name])).parameters)
+
+
 def load_trained(
     run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, nn.Module, Any]:
@@ -60,7 +71,17 @@ def load_trained(
     paths = RunPaths(Path(run_dir))
     config = load_config(paths.config)
     state = load_checkpoint(paths.checkpoints / f"{which}.pt", map_location=device)
-    model = build_model(load_config(config, ["model.pretrained=false"])) if config.model.name == "embedder" else build_model(config)
+    # the checkpoint replaces every weight, so never read (or download) pretrained weights here;
+    # keep the BatchNorm behaviour the run trained with
+    from deepmetric.training.builders import resolved_freeze_bn
+
+    accepted = _builder_params(config.model.name)
+    overrides = []
+    if "pretrained" in accepted:
+        overrides.append("model.pretrained=false")
+        if "freeze_bn" in accepted:
+            overrides.append(f"model.freeze_bn={str(resolved_freeze_bn(config.model)).lower()}")
+    model = build_model(load_config(config, overrides))
     model.load_state_dict(state["model"])
     loss = build_loss_from_config(config.loss, int(state["num_classes"]), embedding_dim_of(model))
     loss.load_state_dict(state["loss"])
