@@ -27,6 +27,7 @@ from deepmetric.data.transforms import to_tensor_transform
 from deepmetric.errors import DataError
 
 Transform = Callable[[Image.Image], Any]
+_TO_TENSOR = to_tensor_transform(3)
 
 
 def index_labels(keys: Sequence[Hashable], names: Sequence[str] | None = None) -> tuple[list[int], list[str]]:
@@ -88,7 +89,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         image = self.read(index)
-        transform = self.transform if self.transform is not None else to_tensor_transform(3)
+        transform = self.transform if self.transform is not None else _TO_TENSOR
         return transform(image), self.labels[index]
 
     def __repr__(self) -> str:
