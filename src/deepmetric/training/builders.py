@@ -60,6 +60,7 @@ DATASET_REGISTRY: dict[str, str | Callable[..., Any]] = {
     "sop": "deepmetric.data.benchmarks:sop_dataset",
     "inshop": "deepmetric.data.benchmarks:inshop_dataset",
     "brazilian_coffee": "deepmetric.data.brazilian_coffee:brazilian_coffee_dataset",
+    "scene_folder": "deepmetric.data.scene_split:scene_folder_dataset",
 }
 
 #: model name -> "module:function" (or a callable), see the model builder contract above
