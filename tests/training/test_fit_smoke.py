@@ -206,3 +206,25 @@ def test_fit_on_real_olivetti_faces(tmp_path: Path) -> None:
     assert np.load(RunPaths(tmp_path).test_embeddings)["labels"].shape == (200,)
     assert 0.0 <= summary["baseline"]["metrics"]["map@r"] <= 1.0
     assert 0.0 <= summary["test"]["map@r"] <= 1.0
+
+
+def test_gradient_clipping_bounds_the_first_update(tmp_path: Path) -> None:
+    """Plain SGD (no momentum, no decay, constant LR): one step moves the weights by lr_g * g_g per
+    group, and with clipping the total gradient norm is at most grad_clip."""
+    from deepmetric.training.seed import seed_everything
+
+    def change(run: str, *extra: str) -> tuple[float, float]:
+        config = toy_config("trainer.steps=1", "optimizer.momentum=0", "optimizer.weight_decay=0",
+                            "optimizer.backbone_lr_mult=1", "scheduler.name=none", "scheduler.warmup_steps=0",
+                            "model.dropout=0", *extra)
+        fit(config, tmp_path / run, progress=False)
+        seed_everything(config.seed)
+        before = builders.build_model(config).state_dict()
+        after = load_checkpoint(RunPaths(tmp_path / run).last)["model"]
+        delta = torch.sqrt(sum(((after[k] - before[k]) ** 2).sum() for k in before))
+        return float(delta), config.optimizer.lr
+
+    free, lr = change("free")
+    clipped, _ = change("clipped", "trainer.grad_clip=0.001")
+    assert free > 10 * lr * 0.001  # the unclipped gradient is far larger than the bound
+    assert 0 < clipped <= lr * 0.001 * (1 + 1e-4)
