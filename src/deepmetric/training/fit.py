@@ -367,6 +367,14 @@ class _Run:
             self.save_last()
             self.write_metrics()
             raise
+        except Exception:
+            # Ctrl-C also reaches data-loader workers, which then exit: a step that was waiting for
+            # them fails. The last completed step is consistent, so save it and stop as interrupted.
+            if not interrupt.requested:
+                raise
+            self.save_last()
+            self.write_metrics()
+            raise KeyboardInterrupt from None
         finally:
             if bar is not None:
                 bar.close()
