@@ -430,18 +430,22 @@ def fit(config: Config, run_dir: str | Path, resume: bool = False, progress: boo
         )
     paths.root.mkdir(parents=True, exist_ok=True)
     save_config(config, paths.config)
-    run = _Run(config, paths.root, resume, progress)
-    with _Interrupt() as interrupt:  # first Ctrl-C: finish the step, save last.pt, stop
-        if not resume:
-            run.periodic_evaluation()  # step 0: the untrained network is a candidate too
-            if config.eval.baseline:
-                if config.eval.split == "test":
-                    baseline = run.evaluations[0]["metrics"]
-                else:
-                    metrics, _, _ = run.evaluate(run.splits.test, "test")
-                    baseline = _clean(metrics)
-                run.baseline = {"step": 0, "split": "test", "metrics": baseline}
-            run.write_metrics()
-            run.save_last()
-        run.train(interrupt)
-    return run.finish()
+    previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        run = _Run(config, paths.root, resume, progress)
+        with _Interrupt() as interrupt:  # first Ctrl-C: finish the step, save last.pt, stop
+            if not resume:
+                run.periodic_evaluation()  # step 0: the untrained network is a candidate too
+                if config.eval.baseline:
+                    if config.eval.split == "test":
+                        baseline = run.evaluations[0]["metrics"]
+                    else:
+                        metrics, _, _ = run.evaluate(run.splits.test, "test")
+                        baseline = _clean(metrics)
+                    run.baseline = {"step": 0, "split": "test", "metrics": baseline}
+                run.write_metrics()
+                run.save_last()
+            run.train(interrupt)
+        return run.finish()
+    finally:  # leave the process's global determinism setting as it was
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
