@@ -183,3 +183,35 @@ def test_a_loss_without_a_classifier_is_refused_before_training(scenes: Path, tm
     with pytest.raises(ConfigError, match="ce_weight"):
         run_repeated_splits(tiny_config(scenes, "loss.name=contrastive"), 1, 0.34, tmp_path / "x")
     assert not (tmp_path / "x" / "split_0").exists()
+
+
+def test_last_checkpoint_is_re_embedded_when_validation_chose_another(scenes: Path, tmp_path: Path) -> None:
+    from deepmetric.training import embed, load_trained
+
+    # a constant selection metric: ties keep the first evaluation, so best.pt is step 0
+    cfg = tiny_config(scenes, "eval.select_metric=n_queries")
+    last = run_repeated_splits(cfg, 1, 0.34, tmp_path / "e", checkpoint="last")
+    run = tmp_path / "e" / "split_0"
+    assert last["splits"][0]["checkpoint_step"] == 3
+    report = json.loads((run / "classification_report.json").read_text())
+    assert "warning" not in report
+    model, loss, _ = load_trained(run, "last")
+    test = scene_folder_dataset(scenes, "test", transform=model.eval_transform(), test_fraction=0.34, split_seed=0)
+    emb, labels = embed(model, test)
+    emb64 = emb.double()
+    w, b = loss.classifier.weight.detach().double(), loss.classifier.bias.detach().double()
+    centers = loss.centers.detach().double()
+    softmax, nearest = [], []
+    for f in emb64:
+        scores = [float(w[c] @ f + b[c]) for c in range(3)]
+        dists = [float(((f - centers[c]) ** 2).sum()) for c in range(3)]
+        softmax.append(max(range(3), key=lambda c: (scores[c], -c)))
+        nearest.append(min(range(3), key=lambda c: (dists[c], c)))
+    pred = np.load(run / "test_predictions.npz")
+    assert pred["labels"].tolist() == labels.tolist()
+    assert pred["predictions_softmax"].tolist() == softmax
+    assert pred["predictions_nearest_center"].tolist() == nearest
+    # asking for the validation-chosen checkpoint now predicts with the untrained step 0, and says so
+    best = run_repeated_splits(cfg, 1, 0.34, tmp_path / "e", checkpoint="best")
+    assert best["splits"][0]["checkpoint_step"] == 0
+    assert "untrained" in json.loads((run / "classification_report.json").read_text())["warning"]

@@ -138,41 +138,56 @@ def _unwrap(loss: nn.Module) -> list[nn.Module]:
     return chain
 
 
+def _classifier_trained(part: nn.Module) -> bool:
+    """A classifier head is trained unless its cross-entropy term is switched off."""
+    return bool(getattr(part, "use_ce", True)) and float(getattr(part, "ce_weight", 1.0)) > 0
+
+
+def _centers_trained(part: nn.Module) -> bool:
+    """Centers move under EMA updates, or when the structured or the center term is on."""
+    return (
+        getattr(part, "center_update", "sgd") == "ema"
+        or (bool(getattr(part, "use_structured", True)) and float(getattr(part, "lam_s", 1.0)) > 0)
+        or (bool(getattr(part, "use_center", True)) and float(getattr(part, "lam_c", 1.0)) > 0)
+    )
+
+
 def prediction_heads(loss: nn.Module) -> tuple[dict[str, Callable[[Tensor], Tensor]], dict[str, str]]:
     """``({head: embeddings -> predicted class}, {head: why it is unavailable})``.
 
-    * ``softmax``: ``loss.logits(e).argmax(1)`` for the outermost loss whose classifier is trained
-      (a :class:`CenterStructuredLoss` with ``use_ce`` off or ``ce_weight`` 0 has an untrained
-      head, which does not count);
-    * ``nearest_center``: ``predict_nearest_center`` of the first wrapped loss that has it and
-      whose centers are trained (the structured or the center term is on, or EMA updates).
+    The loss and the losses it wraps (``Hybrid.metric_loss``, ``SymmetricalSynthesis.base_loss``)
+    are searched from the outside in:
+
+    * ``softmax``: ``logits(e).argmax(1)`` of the first one with a trained classifier (a
+      :class:`CenterStructuredLoss` with ``use_ce`` off or ``ce_weight`` 0 has a random head,
+      which does not count);
+    * ``nearest_center``: ``predict_nearest_center`` of the first one with trained centers (the
+      structured or the center term on, or ``center_update="ema"``).
     """
     heads: dict[str, Callable[[Tensor], Tensor]] = {}
     missing: dict[str, str] = {}
     for part in _unwrap(loss):
+        name = type(part).__name__
         if "softmax" not in heads and callable(getattr(part, "logits", None)):
-            if getattr(part, "use_ce", True) and getattr(part, "ce_weight", 1.0) > 0:
+            if _classifier_trained(part):
                 heads["softmax"] = lambda e, p=part: p.logits(e).argmax(dim=1)
             else:
-                missing.setdefault("softmax", f"the classifier head of {type(part).__name__} is not trained (use_ce off or ce_weight 0)")
+                missing.setdefault(
+                    "softmax", f"the classifier head of {name} is not trained (use_ce off or ce_weight 0)"
+                )
         if "nearest_center" not in heads and callable(getattr(part, "predict_nearest_center", None)):
-            trained = (
-                getattr(part, "center_update", "sgd") == "ema"
-                or (getattr(part, "use_structured", True) and getattr(part, "lam_s", 1.0) > 0)
-                or (getattr(part, "use_center", True) and getattr(part, "lam_c", 1.0) > 0)
-            )
-            if trained:
+            if _centers_trained(part):
                 heads["nearest_center"] = lambda e, p=part: p.predict_nearest_center(e)
             else:
                 missing.setdefault(
-                    "nearest_center",
-                    f"the centers of {type(part).__name__} are not trained (structured and center terms off)",
+                    "nearest_center", f"the centers of {name} are not trained (structured and center terms off)"
                 )
+    default = {"softmax": "no classifier (logits)", "nearest_center": "no class centers"}
     for head in HEADS:
-        if head not in heads:
-            missing.setdefault(head, f"{type(loss).__name__} has no {'classifier (logits)' if head == 'softmax' else 'class centers'}")
-        else:
+        if head in heads:
             missing.pop(head, None)
+        else:
+            missing.setdefault(head, f"{type(loss).__name__} has {default[head]}")
     return heads, missing
 
 
@@ -211,7 +226,9 @@ def _class_names(splits: Any) -> list[str]:
     return train_names
 
 
-def _embeddings_of(run_dir: Path, checkpoint: str, device: str) -> tuple[Tensor, Tensor, list[str], int, nn.Module]:
+def _embeddings_of(
+    run_dir: Path, checkpoint: str, device: str
+) -> tuple[Tensor, Tensor, list[str], int, nn.Module]:
     """(test embeddings, labels, paths, checkpoint step, loss) of ``run_dir``'s chosen checkpoint."""
     from deepmetric.training import RunPaths, embed, load_checkpoint, load_trained
     from deepmetric.training.builders import build_loss_from_config
@@ -236,7 +253,9 @@ def _embeddings_of(run_dir: Path, checkpoint: str, device: str) -> tuple[Tensor,
     return emb, labels, [str(p) for p in test.paths], int(metrics["steps"]), loss
 
 
-def predict_split(run_dir: str | Path, class_names: Sequence[str], checkpoint: str = "best", device: str = "cpu") -> dict[str, Any]:
+def predict_split(
+    run_dir: str | Path, class_names: Sequence[str], checkpoint: str = "best", device: str = "cpu"
+) -> dict[str, Any]:
     """Classification report of every trained head on the test split of the run in ``run_dir``.
 
     Writes ``run_dir/classification_report.json`` and ``run_dir/test_predictions.npz``; returns
@@ -266,7 +285,7 @@ def predict_split(run_dir: str | Path, class_names: Sequence[str], checkpoint: s
         "num_test": int(labels.numel()),
         "heads": reports,
         "unavailable": missing,
-        "retrieval": metrics.get("test") if checkpoint == "best" else metrics.get("test_last", metrics.get("test")),
+        "retrieval": metrics.get("test_last", metrics.get("test")) if checkpoint == "last" else metrics.get("test"),
         "test_paths": item_paths,
     }
     if step == 0:
@@ -345,7 +364,8 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 cells.append(_pct(stat) if stat else "-")
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         for head in heads:
-            lines += ["", f"Confusion matrix, {head} head, summed over the splits (rows true, columns predicted):", "",
+            title = f"Confusion matrix, {head} head, summed over the splits (rows true, columns predicted):"
+            lines += ["", title, "",
                       "| true \\ pred | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
             for name, row in zip(names, summary["heads"][head]["confusion_matrix"]):
                 lines.append(f"| {name} | " + " | ".join(str(v) for v in row) + " |")
@@ -432,8 +452,9 @@ def run_repeated_splits(
             _check_has_head(cfg, len(names), cfg.model.embedding_dim)
         run_dir = out / f"split_{s}"
         report_path = run_dir / REPORT_FILE
-        if report_path.is_file() and json.loads(report_path.read_text(encoding="utf-8")).get("checkpoint") == checkpoint:
-            report = json.loads(report_path.read_text(encoding="utf-8"))
+        saved = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else None
+        if saved is not None and saved.get("checkpoint") == checkpoint:
+            report = saved
         else:
             if not _finished(run_dir):
                 fit(cfg, run_dir, resume=RunPaths(run_dir).last.is_file(), progress=progress)
