@@ -215,14 +215,27 @@ def _split_zip_path(path: str) -> tuple[str, str] | None:
     return None
 
 
-def load_image(path: str, base_dirs: Sequence[Path] = ()) -> np.ndarray | None:
-    """An image as an RGB uint8 array, from a file or a member of a zip archive; ``None`` if it
-    cannot be read (the caller draws a placeholder)."""
+def load_image(path: str, base_dirs: Sequence[Path] = (), base_zips: Sequence[Path] = ()) -> np.ndarray | None:
+    """An image as an RGB uint8 array; ``None`` if it cannot be read (the caller draws a
+    placeholder).
+
+    ``path`` may be a file (absolute, or relative to one of ``base_dirs``), a zip member spelled
+    ``zip://ARCHIVE!/MEMBER``, ``ARCHIVE::MEMBER`` or ``ARCHIVE.zip/MEMBER``, or a bare member
+    name of one of ``base_zips`` (datasets read from a zip, e.g. Omniglot, store member names).
+    """
     from PIL import Image, UnidentifiedImageError
 
     if not path:
         return None
     try:
+        for archive in base_zips:
+            if Path(archive).is_file():
+                zf = _open_zip(str(Path(archive).resolve()))
+                try:
+                    data = zf.read(path)
+                except KeyError:
+                    continue
+                return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
         parts = _split_zip_path(path)
         if parts is not None:
             archive, member = parts
@@ -277,6 +290,7 @@ def plot_retrieval_grid(
     metric: str = "cosine",
     seed: int = 0,
     base_dirs: Sequence[Path] = (),
+    base_zips: Sequence[Path] = (),
 ) -> Path:
     """Rows of (query, its top-``k`` neighbours in the rest of the set); neighbours framed green
     when they share the query's class and red when not. Unreadable images become grey tiles."""
@@ -290,7 +304,7 @@ def plot_retrieval_grid(
     axes = np.asarray(fig.subplots(len(queries), k + 1, squeeze=False))
 
     def tile(ax, index: int, caption: str, color: str | None, lw: float) -> None:
-        img = load_image(paths[index], base_dirs) if paths else None
+        img = load_image(paths[index], base_dirs, base_zips) if paths else None
         if img is None:
             ax.add_patch(Rectangle((0, 0), 1, 1, color="#d9d9d9"))
             ax.text(0.5, 0.5, "no image", ha="center", va="center", fontsize=7, color="#636363")
@@ -313,7 +327,7 @@ def plot_retrieval_grid(
             j = int(nn_idx[r, c])
             right = labels[j] == labels[q]
             mark = "right" if right else "wrong"
-            tile(axes[r, c + 1], j, f"#{c + 1} {mark} ({labels[j]})\nscore {nn_score[r, c]:.2f}",
+            tile(axes[r, c + 1], j, f"#{c + 1} {mark} ({labels[j]})\nscore {nn_score[r, c]:.3f}",
                  RIGHT if right else WRONG, 4)
     fig.suptitle(f"Retrieval: queries (left) and their top-{k} neighbours (green right, red wrong)", fontsize=9)
     return _save(fig, out)

@@ -128,6 +128,33 @@ def _config_metric(run_dir: Path) -> tuple[str, str]:
     return text, metric
 
 
+def image_sources(run_dir: Path) -> tuple[list[Path], list[Path]]:
+    """(folders, zip archives) in which the test items' paths may be found: the run folder, the
+    current folder, and the config's ``data.root`` (the embedded Omniglot zip when an
+    ``omniglot`` run has no root)."""
+    dirs, zips = [run_dir, Path.cwd()], []
+    path = run_dir / "config.yaml"
+    try:
+        import yaml
+
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        data = cfg.get("data", {}) if isinstance(cfg, dict) else {}
+        root = data.get("root") if isinstance(data, dict) else None
+        if root:
+            root_path = Path(str(root)).expanduser()
+            if root_path.suffix.lower() == ".zip":
+                zips.append(root_path)
+            elif root_path.is_dir():
+                dirs.append(root_path)
+        elif isinstance(data, dict) and data.get("name") == "omniglot":
+            from deepmetric.data.omniglot import embedded_omniglot_zip
+
+            zips.append(embedded_omniglot_zip())
+    except Exception:  # images are a nicety: an odd config only means placeholders
+        pass
+    return dirs, zips
+
+
 def _confusion(run_dir: Path, test_block: Mapping[str, Any]) -> tuple[np.ndarray, list[str] | None] | None:
     cm = test_block.get("confusion_matrix") if isinstance(test_block, Mapping) else None
     if cm is not None:
@@ -210,12 +237,13 @@ def make_plots(run_dir: Path, seed: int = 0) -> tuple[dict[str, Path], list[str]
 
         data = load_embeddings(emb_path)
         _, knn_metric = _config_metric(run_dir)
+        dirs, zips = image_sources(run_dir)
         if len(data) >= 3:
             made["projection"] = plots.plot_projection(data.embeddings, data.labels, out_dir / "projection.png", seed=seed)
         if len(data) >= 2:
             made["retrieval"] = plots.plot_retrieval_grid(
                 data.embeddings, data.labels, data.paths, out_dir / "retrieval.png",
-                metric=knn_metric, seed=seed, base_dirs=[run_dir, Path.cwd()],
+                metric=knn_metric, seed=seed, base_dirs=dirs, base_zips=zips,
             )
     else:
         notes.append("no test_embeddings.npz: embedding map and retrieval grid skipped")

@@ -1,0 +1,339 @@
+"""The ``deepmetric`` command: train, eval, embed, search, report, recipes, demo.
+
+Thin by design: each subcommand parses its arguments and calls a library function
+(:func:`deepmetric.training.fit`, :mod:`deepmetric.inference`, :func:`deepmetric.demo.run_demo`,
+:func:`deepmetric.evaluation.report.write_report`). Heavy imports (torch) happen inside the
+handlers, so ``--help`` is instant.
+
+Errors caused by the user's input (:class:`~deepmetric.errors.DeepMetricError`) are printed as
+ONE line naming the problem and the fix, with exit status 1; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from deepmetric.errors import DeepMetricError
+
+PROG = "deepmetric"
+
+
+def _timestamp() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _format_table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def _metrics_table(metrics: dict[str, float]) -> str:
+    from deepmetric.evaluation.report import order_metrics
+
+    names = order_metrics([k for k in metrics if not k.startswith("n_")])
+    return _format_table([[n, f"{metrics[n]:.4f}"] for n in names], ["metric", "value"])
+
+
+# ------------------------------------------------------------------------------------ handlers
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from deepmetric.config import load_config
+    from deepmetric.evaluation.report import write_report
+    from deepmetric.recipes import find_recipe
+    from deepmetric.training import fit
+
+    recipe = find_recipe(args.recipe)
+    config = load_config(recipe, args.overrides)
+    if args.out is not None:
+        run_dir = Path(args.out)
+    elif args.resume:
+        raise DeepMetricError("--resume needs the run folder to continue; pass --out runs/NAME")
+    else:
+        run_dir = Path("runs") / f"{recipe.stem}-{_timestamp()}"
+    _set_threads(args.threads)
+    print(f"training {recipe} -> {run_dir}", file=sys.stderr)
+    summary = fit(config, run_dir, resume=args.resume, progress=not args.no_progress)
+    report = run_dir / "report.html"
+    if not report.is_file() or report.stat().st_mtime < (run_dir / "metrics.json").stat().st_mtime:
+        report = write_report(run_dir)
+    test = summary.get("test") or {}
+    base = (summary.get("baseline") or {}).get("metrics") or {}
+    if test:
+        from deepmetric.demo import comparison_table
+
+        print(comparison_table(base, test))
+    print(f"run folder: {run_dir}\nreport: {report}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from deepmetric.inference import evaluate_source
+
+    _set_threads(args.threads)
+    metrics, _ = evaluate_source(args.model, args.data, args.overrides, args.device, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(_metrics_table(metrics))
+    if args.out:
+        Path(args.out).write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+        print(f"metrics written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from deepmetric.embeddings_io import save_embeddings
+    from deepmetric.inference import collect_images, embed_images, load_model
+
+    paths, labels = collect_images(args.inputs)
+    _set_threads(args.threads)
+    model, _, _ = load_model(args.model, args.device)
+    data = embed_images(model, paths, labels, batch_size=args.batch_size, progress=not args.no_progress)
+    out = save_embeddings(args.output, data.embeddings, data.labels, data.paths)
+    print(f"{len(data)} embeddings of dimension {data.dim} ({len(set(data.labels.tolist()))} labels) written to {out}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from deepmetric.embeddings_io import load_embeddings
+    from deepmetric.errors import DataError
+    from deepmetric.inference import collect_images, embed_images, load_model, search_gallery
+
+    gallery = load_embeddings(args.gallery)
+    if len(args.queries) == 1 and args.queries[0].endswith(".npz"):
+        qset = load_embeddings(args.queries[0])
+        queries, names = qset.embeddings, [p or f"row {i}" for i, p in enumerate(qset.paths)]
+    else:
+        if args.model is None:
+            raise DataError("searching with images needs the model that embedded the gallery; pass --model RUN_FOLDER")
+        paths, labels = collect_images(args.queries)
+        _set_threads(args.threads)
+        model, _, _ = load_model(args.model, args.device)
+        qset = embed_images(model, paths, labels, progress=not args.no_progress)
+        queries, names = qset.embeddings, [str(p) for p in paths]
+    results = search_gallery(gallery, np.asarray(queries), k=args.k, metric=args.metric)
+    if args.json:
+        payload = [
+            {"query": q, "neighbours": [{"rank": h.rank, "path": h.path, "label": h.label, "score": round(h.score, 6)} for h in hits]}
+            for q, hits in zip(names, results)
+        ]
+        print(json.dumps(payload, indent=2))
+    else:
+        score = "distance" if args.metric == "euclidean" else "similarity"
+        rows = [[q if h.rank == 1 else "", str(h.rank), f"{h.score:.4f}", h.label, h.path] for q, hits in zip(names, results) for h in hits]
+        print(_format_table(rows, ["query", "rank", score, "label", "path"]))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from deepmetric.evaluation.report import write_report
+
+    print(f"report: {write_report(args.run)}")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from deepmetric.recipes import list_recipes
+
+    recipes = list_recipes()
+    if not recipes:
+        print("no recipes found (they live in the repository's recipes/ folder)")
+        return 0
+    width = max(len(r.name) for r in recipes)
+    for r in recipes:
+        print(f"{r.name.ljust(width)}  {r.description}" + (f"  [{r.path}]" if args.paths else ""))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from deepmetric.demo import run_demo
+
+    out = Path(args.out) if args.out else Path("runs") / f"demo-{_timestamp()}"
+    run_demo(out, quick=args.quick, steps=args.steps, threads=args.threads, progress=not args.no_progress)
+    return 0
+
+
+# ------------------------------------------------------------------------------------ parser
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _common(p: argparse.ArgumentParser, device: bool = True) -> None:
+    if device:
+        p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:1 ... (default: auto)")
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        formatter_class=_Formatter,
+        description="Deep metric learning: train, evaluate, embed and search with deepmetric.",
+        epilog="examples:\n"
+        "  deepmetric demo                          # 2-3 minute zero-shot demo on Omniglot (CPU)\n"
+        "  deepmetric recipes                       # list the shipped recipes\n"
+        "  deepmetric train recipes/demo_omniglot.yaml trainer.steps=200\n"
+        "  deepmetric embed runs/demo-X photos/ -o gallery.npz\n"
+        "  deepmetric search gallery.npz query.png --model runs/demo-X -k 5\n\n"
+        "Run 'deepmetric COMMAND --help' for the options and examples of a command.",
+    )
+    from deepmetric import __version__
+
+    parser.add_argument("--version", action="version", version=f"deepmetric {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "train", help="train a recipe into a run folder", formatter_class=_Formatter,
+        description="Train RECIPE (a YAML file or a recipe name from `deepmetric recipes`) into a run folder "
+        "holding config.yaml, log.csv, metrics.json, checkpoints/ and report.html.",
+        epilog="examples:\n"
+        "  deepmetric train recipes/demo_omniglot.yaml\n"
+        "  deepmetric train demo_omniglot trainer.steps=200 optimizer.lr=0.0005 --out runs/short\n"
+        "  deepmetric train demo_omniglot --out runs/short --resume trainer.steps=400\n\n"
+        "overrides are KEY=VALUE pairs with dotted keys (see docs/config.md); values are parsed as YAML.",
+    )
+    p.add_argument("recipe", help="recipe YAML file or recipe name")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. trainer.steps=100")
+    p.add_argument("--out", "-o", default=None, help="run folder (default: runs/<recipe>-<timestamp>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    _common(p, device=False)
+    p.set_defaults(handler=cmd_train)
+
+    p = sub.add_parser(
+        "eval", help="evaluate a trained model on a dataset", formatter_class=_Formatter,
+        description="Evaluate a run folder (its best checkpoint) or a checkpoint file: on the run's own test "
+        "split, or with --data on a folder of images (one sub-folder per class, every image a query "
+        "against all others).",
+        epilog="examples:\n"
+        "  deepmetric eval runs/demo-X\n"
+        "  deepmetric eval runs/demo-X/checkpoints/last.pt --json\n"
+        "  deepmetric eval runs/demo-X --data my_images/ eval.k_values=[1,5,10] -o metrics.json",
+    )
+    p.add_argument("model", help="run folder or checkpoint (RUN/checkpoints/best.pt)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="evaluation overrides, e.g. eval.k_values=[1,5]")
+    p.add_argument("--data", default=None, help="folder-per-class images to evaluate on (default: the run's test split)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--out", "-o", default=None, help="also write the metrics to this JSON file")
+    _common(p)
+    p.set_defaults(handler=cmd_eval)
+
+    p = sub.add_parser(
+        "embed", help="embed images into an embeddings file (.npz)", formatter_class=_Formatter,
+        description="Embed image files and folders with a trained model. Writes an .npz with embeddings, "
+        "labels (the class sub-folder or parent-folder name) and paths.",
+        epilog="examples:\n"
+        "  deepmetric embed runs/demo-X gallery_folder/ -o gallery.npz\n"
+        "  deepmetric embed runs/demo-X a.png b.png c.png -o three.npz",
+    )
+    p.add_argument("model", help="run folder or checkpoint")
+    p.add_argument("inputs", nargs="+", help="image files or folders (a folder of class sub-folders gives labels)")
+    p.add_argument("--output", "-o", required=True, help="embeddings file to write (.npz)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    _common(p)
+    p.set_defaults(handler=cmd_embed)
+
+    p = sub.add_parser(
+        "search", help="find the nearest gallery items of query images", formatter_class=_Formatter,
+        description="Search query images (embedded with --model) or an embeddings file of queries against "
+        "an embedded gallery; prints the top-k paths, labels and scores as a table or JSON.",
+        epilog="examples:\n"
+        "  deepmetric search gallery.npz query.png --model runs/demo-X\n"
+        "  deepmetric search gallery.npz queries/ --model runs/demo-X -k 10 --json\n"
+        "  deepmetric search gallery.npz queries.npz --metric euclidean",
+    )
+    p.add_argument("gallery", help="embeddings file of the gallery (from `deepmetric embed`)")
+    p.add_argument("queries", nargs="+", help="query images/folders, or one .npz of query embeddings")
+    p.add_argument("--model", default=None, help="run folder or checkpoint that embedded the gallery (needed for images)")
+    p.add_argument("-k", type=int, default=5, help="neighbours per query (default: 5)")
+    p.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine", help="similarity (default: cosine)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _common(p)
+    p.set_defaults(handler=cmd_search)
+
+    p = sub.add_parser(
+        "report", help="(re)build report.html and plots of a run folder", formatter_class=_Formatter,
+        description="Write RUN/plots/*.png and RUN/report.html from the run folder's files.",
+        epilog="example:\n  deepmetric report runs/demo-X",
+    )
+    p.add_argument("run", help="run folder")
+    p.set_defaults(handler=cmd_report)
+
+    p = sub.add_parser(
+        "recipes", help="list the shipped recipes", formatter_class=_Formatter,
+        description="List the recipes (YAML experiments) with their one-line descriptions.",
+        epilog="examples:\n  deepmetric recipes\n  deepmetric recipes --paths\n  deepmetric train <name>",
+    )
+    p.add_argument("--paths", action="store_true", help="show each recipe's file")
+    p.set_defaults(handler=cmd_recipes)
+
+    p = sub.add_parser(
+        "demo", help="train and evaluate on the embedded Omniglot data (a few CPU minutes)", formatter_class=_Formatter,
+        description="Zero-shot retrieval demo: train a tiny ResNet on half of the Omniglot characters shipped "
+        "with the package, test on the other half (never seen in training), and compare with the "
+        "untrained network. Writes a run folder with report.html.",
+        epilog="examples:\n"
+        "  deepmetric demo\n"
+        "  deepmetric demo --out runs/my-demo --threads 2\n"
+        "  deepmetric demo --quick          # a few seconds: checks the installation, no real training",
+    )
+    p.add_argument("--out", "-o", default=None, help="run folder (default: runs/demo-<timestamp>)")
+    p.add_argument("--quick", action="store_true", help="tiny run (few steps, few characters) to check the installation")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the demo config's)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for torch (default: 1 on a busy machine, else up to 2)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def _one_line(message: str) -> str:
+    return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``deepmetric`` command; returns the exit status."""
+    # idle OpenMP threads sleep instead of spinning: on a shared CPU, spinning threads slow
+    # training many times over (measured: 3.2 s vs 0.25 s per demo step on a busy 2-core machine)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.handler(args) or 0)
+    except DeepMetricError as exc:
+        if args.debug:
+            raise
+        print(f"deepmetric {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"deepmetric {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
