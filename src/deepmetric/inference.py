@@ -15,6 +15,7 @@ from deepmetric.errors import DataError
 
 __all__ = [
     "SearchHit",
+    "check_queries_have_positives",
     "collect_images",
     "embed_images",
     "evaluate_source",
@@ -160,9 +161,23 @@ def evaluate_source(
 
         transform = model.eval_transform() if callable(getattr(model, "eval_transform", None)) else None
         dataset = folder_dataset(Path(data), split="all", transform=transform)
+        check_queries_have_positives(dataset.labels, dataset.class_names, str(data))
     first = next(iter(model.parameters()))
     metrics, _, _ = evaluate_model(model, dataset, config.eval, first.device if device == "auto" else resolve_device(device), progress=progress)
     return metrics, config
+
+
+def check_queries_have_positives(labels: list[int], class_names: list[str], source: str) -> None:
+    """Raise :class:`DataError` if a class has a single item: as a leave-one-out query it has no
+    correct answer, so Recall@K and MAP@R would silently skip or penalise it."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))
+    single = [class_names[i] for i in np.flatnonzero(counts == 1)]
+    if single:
+        more = f" (and {len(single) - 1} more)" if len(single) > 1 else ""
+        raise DataError(
+            f"class '{single[0]}'{more} in {source} has a single image, so it has no other image to retrieve; "
+            "add at least one more image to the class or remove its folder"
+        )
 
 
 @dataclass(frozen=True)
