@@ -88,10 +88,11 @@ def variant_config(args: argparse.Namespace, key: str) -> Any:
 
 
 def retrieval(run_dir: Path) -> tuple[float | None, float | None]:
-    """(untrained, trained) test recall@1 of a run folder."""
+    """(untrained, trained) test recall@1 of a run folder; trained = the checkpoint that predicted."""
     metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    report = json.loads((run_dir / "classification_report.json").read_text(encoding="utf-8"))
     base = (metrics.get("baseline") or {}).get("metrics", {}).get("recall@1")
-    return base, (metrics.get("test") or {}).get("recall@1")
+    return base, (report.get("retrieval") or {}).get("recall@1")
 
 
 def _pct(entry: dict[str, Any] | None) -> str:

@@ -169,6 +169,8 @@ def test_repeated_splits_reports_and_summary(scenes: Path, tmp_path: Path) -> No
     again = run_repeated_splits(tiny_config(scenes), 2, 0.34, tmp_path / "exp")
     assert again["heads"] == summary["heads"]
     assert (tmp_path / "exp" / "split_0" / "checkpoints" / "last.pt").stat().st_mtime_ns == mtime
+    with pytest.raises(ConfigError, match="trainer.steps"):  # never mixes runs of another config
+        run_repeated_splits(tiny_config(scenes, "trainer.steps=4"), 2, 0.34, tmp_path / "exp")
 
 
 def test_ce_only_run_has_no_center_head_and_last_checkpoint(scenes: Path, tmp_path: Path) -> None:

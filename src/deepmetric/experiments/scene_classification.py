@@ -395,6 +395,29 @@ def _finished(run_dir: Path) -> bool:
     )
 
 
+def _check_same_config(run_dir: Path, config: Config) -> None:
+    """A split folder from an earlier call is reused only for the same config."""
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    ignore = {"num_workers"}
+    saved = load_config(saved_path).to_dict()
+    now = config.to_dict()
+    for section in (saved, now):
+        section["data"] = {k: v for k, v in section["data"].items() if k not in ignore}
+    if saved != now:
+        changed = sorted(
+            f"{k}.{kk}" if isinstance(v, dict) else k
+            for k, v in now.items()
+            for kk in (v if isinstance(v, dict) else [None])
+            if (saved.get(k) if kk is None else (saved.get(k) or {}).get(kk)) != (v if kk is None else v[kk])
+        )
+        raise ConfigError(
+            f"'{run_dir}' holds a split run of a different config (differs in {', '.join(changed)}); "
+            "choose a new output folder (--out) or delete the old one"
+        )
+
+
 def run_repeated_splits(
     config: Config | str | Path | dict[str, Any],
     n_splits: int,
@@ -451,6 +474,7 @@ def run_repeated_splits(
         if s == 0:
             _check_has_head(cfg, len(names), cfg.model.embedding_dim)
         run_dir = out / f"split_{s}"
+        _check_same_config(run_dir, cfg)
         report_path = run_dir / REPORT_FILE
         saved = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else None
         if saved is not None and saved.get("checkpoint") == checkpoint:
@@ -501,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", choices=("best", "last"), default="best",
                         help="predict with the checkpoint chosen on validation (best) or the final weights")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before or after the options
     config = load_config(args.recipe, args.overrides)
     out = args.out or f"runs/scene_{Path(args.recipe).stem}"
     summary = run_repeated_splits(config, args.splits, args.test_fraction, out, checkpoint=args.checkpoint,
