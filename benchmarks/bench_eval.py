@@ -8,7 +8,7 @@ unit vectors exactly as cosine does). Every measurement runs in a FRESH subproce
 its wall time and its own peak resident memory (``ru_maxrss``, i.e. VmHWM), so neither run
 inherits the other's memory. The values must agree to 1e-4.
 
-Part 2 (scaling): exact ``knn_search`` of S queries (default 20,000) against a 1,000,000 x 128
+Part 2 (scaling): exact ``knn_search`` of S queries (default 10,000) against a 1,000,000 x 128
 gallery, with the default chunking (memory ~ chunk x gallery); the time for all 1M queries is
 extrapolated linearly (the work per query is constant: one pass over the gallery).
 
@@ -109,7 +109,7 @@ def main() -> None:
     p.add_argument("--classes", type=int, default=11_000)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--scale-gallery", type=int, default=1_000_000)
-    p.add_argument("--scale-queries", type=int, default=20_000)
+    p.add_argument("--scale-queries", type=int, default=10_000)
     p.add_argument("--scale-k", type=int, default=16)
     p.add_argument("--skip-pml", action="store_true")
     p.add_argument("--skip-scale", action="store_true")
