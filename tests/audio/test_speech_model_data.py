@@ -146,3 +146,31 @@ def test_fsdd_real_layout():
     ds = SpeechDataset(utts[:4])
     feats, label = ds[0]
     assert feats.shape[1] == 40 and torch.isfinite(feats).all() and label == 0
+
+
+def test_fsdd_registry_loader_splits_by_speaker_and_trains(tmp_path):
+    from deepmetric.config import load_config
+    from deepmetric.data.speech import SpecAugment, fsdd_dataset
+    from deepmetric.training import fit
+
+    for word, hz in [("0", 300), ("1", 1500)]:
+        for spk in ["ann", "bob", "cid"]:
+            for i in range(4):
+                tone(tmp_path / f"{word}_{spk}_{i}.wav", hz * (1 + 0.02 * i), 0.2)
+    test = fsdd_dataset(tmp_path, "test", test_speakers=["cid"], n_mels=16)
+    train = fsdd_dataset(tmp_path, "train", transform=SpecAugment(1, 3, 1, 2), test_speakers=["cid"], n_mels=16)
+    assert set(test.speakers) == {"cid"} and set(train.speakers) == {"ann", "bob"}
+    assert test.class_names == train.class_names == ["0", "1"]
+    with pytest.raises(DataError, match="zoe"):
+        fsdd_dataset(tmp_path, "test", test_speakers=["zoe"])
+    config = load_config({
+        "data": {"name": "fsdd", "root": str(tmp_path), "params": {"test_speakers": ["cid"], "n_mels": 16},
+                 "val_fraction": 0.0, "num_workers": 0},
+        "sampler": {"p": 2, "k": 2},
+        "model": {"name": "audio_cnn", "embedding_dim": 8, "params": {"n_mels": 16, "channels": [4]}},
+        "loss": {"name": "triplet"},
+        "trainer": {"steps": 3, "eval_every": 3},
+        "eval": {"split": "test", "k_values": [1], "baseline": False},
+    })
+    result = fit(config, tmp_path / "run", progress=False)
+    assert 0.0 <= result["test"]["recall@1"] <= 1.0

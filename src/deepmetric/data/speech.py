@@ -14,7 +14,7 @@ embedding network can ignore the padding.
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +25,22 @@ from torch.utils.data import Dataset
 from deepmetric.data.audio_io import load_wav
 from deepmetric.errors import DataError
 from deepmetric.functional.audio import log_mel_spectrogram, normalize_utterance, spec_augment
+
+
+class SpecAugment:
+    """Callable feature transform: :func:`deepmetric.functional.audio.spec_augment` with fixed
+    mask counts and widths, drawing from torch's global generator (seeded by the trainer)."""
+
+    def __init__(self, time_masks: int = 2, time_width: int = 10, freq_masks: int = 2, freq_width: int = 8) -> None:
+        self.time_masks, self.time_width = time_masks, time_width
+        self.freq_masks, self.freq_width = freq_masks, freq_width
+
+    def __call__(self, features: Tensor) -> Tensor:
+        return spec_augment(features, self.time_masks, self.time_width, self.freq_masks, self.freq_width)
+
+    def __repr__(self) -> str:
+        return (f"SpecAugment(time_masks={self.time_masks}, time_width={self.time_width}, "
+                f"freq_masks={self.freq_masks}, freq_width={self.freq_width})")
 
 
 @dataclass(frozen=True)
@@ -119,8 +135,8 @@ class SpeechDataset(Dataset):
     """Log-mel features of utterances, labelled by word.
 
     Features are computed once per utterance and cached in memory (FSDD: ~3,000 x 50 x 40
-    floats). ``augment=True`` applies :func:`spec_augment` to each draw. ``word_to_index`` fixes
-    the label mapping (share it between the splits of one experiment).
+    floats). ``transform`` (e.g. :class:`SpecAugment`) is applied to the features at each draw.
+    ``word_to_index`` fixes the label mapping (share it between the splits of one experiment).
     """
 
     collate_fn = staticmethod(pad_collate)
@@ -133,15 +149,14 @@ class SpeechDataset(Dataset):
         win_ms: float = 25.0,
         hop_ms: float = 10.0,
         normalize: bool = True,
-        augment: bool = False,
+        transform: Callable[[Tensor], Tensor] | None = None,
         word_to_index: dict[str, int] | None = None,
-        seed: int = 0,
     ) -> None:
         if len(utterances) == 0:
             raise DataError("the speech split is empty; check the speaker/word selection")
         self.utterances = list(utterances)
         self.sample_rate, self.n_mels, self.win_ms, self.hop_ms = sample_rate, n_mels, win_ms, hop_ms
-        self.normalize, self.augment = normalize, augment
+        self.normalize, self.transform = normalize, transform
         words = sorted({u.word for u in self.utterances})
         self.word_to_index = dict(word_to_index) if word_to_index else {w: i for i, w in enumerate(words)}
         unknown = [w for w in words if w not in self.word_to_index]
@@ -152,7 +167,6 @@ class SpeechDataset(Dataset):
         self.speakers = [u.speaker for u in self.utterances]
         self.paths = [str(u.path) for u in self.utterances]
         self._cache: dict[int, Tensor] = {}
-        self._generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -167,12 +181,13 @@ class SpeechDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         feats = self.features(index)
-        if self.augment:
-            feats = spec_augment(feats, generator=self._generator)
+        if self.transform is not None:
+            feats = self.transform(feats)
         return feats, self.labels[index]
 
-    def subset(self, indices: Sequence[int], augment: bool | None = None) -> "SpeechDataset":
-        """A dataset over ``indices`` that shares this one's word index and feature cache."""
+    def subset(self, indices: Sequence[int], transform: Callable[[Tensor], Tensor] | None | str = "same") -> "SpeechDataset":
+        """A dataset over ``indices`` sharing this one's word index and features; ``transform``
+        replaces this one's unless left as ``"same"``."""
         sub = SpeechDataset.__new__(SpeechDataset)
         sub.__dict__.update(self.__dict__)
         sub.utterances = [self.utterances[i] for i in indices]
@@ -180,7 +195,29 @@ class SpeechDataset(Dataset):
         sub.speakers = [self.speakers[i] for i in indices]
         sub.paths = [self.paths[i] for i in indices]
         sub._cache = {new: self.features(old) for new, old in enumerate(indices)}
-        sub.augment = self.augment if augment is None else augment
+        sub.transform = self.transform if transform == "same" else transform
         if len(sub) == 0:
             raise DataError("the speech split is empty; check the speaker/word selection")
         return sub
+
+
+def fsdd_dataset(
+    root: str | Path,
+    split: str = "train",
+    transform: Callable[[Tensor], Tensor] | None = None,
+    test_speakers: Sequence[str] = ("theo", "yweweler"),
+    n_mels: int = 40,
+    sample_rate: int = 8000,
+) -> SpeechDataset:
+    """Speaker-independent FSDD split for the trainer's dataset registry: ``split="test"`` holds
+    ``test_speakers``, ``"train"`` every other speaker; words are labelled 0-9 in both."""
+    utterances = fsdd_utterances(root)
+    speakers = {u.speaker for u in utterances}
+    unknown = sorted(set(test_speakers) - speakers)
+    if unknown:
+        raise DataError(f"test speaker(s) {unknown} not in the corpus; speakers are {sorted(speakers)}")
+    if split not in ("train", "test"):
+        raise DataError(f"unknown split '{split}'; use 'train' or 'test'")
+    chosen = [u for u in utterances if (u.speaker in test_speakers) == (split == "test")]
+    index = {w: i for i, w in enumerate(sorted({u.word for u in utterances}))}
+    return SpeechDataset(chosen, sample_rate=sample_rate, n_mels=n_mels, transform=transform, word_to_index=index)

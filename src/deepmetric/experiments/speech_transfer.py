@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from deepmetric.data.samplers import PKSampler
-from deepmetric.data.speech import SpeechDataset, pad_collate
+from deepmetric.data.speech import SpecAugment, SpeechDataset, pad_collate
 from deepmetric.errors import DataError
 from deepmetric.evaluation.word_recognition import prototype_predict
 from deepmetric.losses import build_loss
@@ -137,31 +137,31 @@ def run_transfer(
     settings = settings or SpeechTrainSettings()
     n_words = len(data.class_names)
     pools, test_idx = target_split(data, target, max(n_values), held_out, seed)
-    test = data.subset(test_idx, augment=False)
+    test = data.subset(test_idx, transform=None)
     source_idx = [i for i, s in enumerate(data.speakers) if s != target]
     pretrained = {}
     for kind in ("ce", "metric"):
         torch.manual_seed(seed)
         model, loss = make_model(data.n_mels, settings), make_loss(kind, n_words, settings)
-        train(model, loss, data.subset(source_idx, augment=True), pretrain_steps, settings, seed)
+        train(model, loss, data.subset(source_idx, transform=SpecAugment()), pretrain_steps, settings, seed)
         pretrained[kind] = (model, loss)
     rows = []
     for n in n_values:
         support_idx = [i for word in sorted(pools) for i in pools[word][:n]]
-        support = data.subset(support_idx, augment=True)
+        support = data.subset(support_idx, transform=SpecAugment())
         for kind in ("ce", "metric"):
             torch.manual_seed(seed)
             model, loss = make_model(data.n_mels, settings), make_loss(kind, n_words, settings)
             train(model, loss, support, settings.steps, settings, seed)
             rows.append({"target": target, "n": n, "setting": f"{kind}, target only", "seed": seed,
-                         "accuracy": word_accuracy(model, loss, support.subset(range(len(support)), augment=False), test, kind)})
+                         "accuracy": word_accuracy(model, loss, support.subset(range(len(support)), transform=None), test, kind)})
             model, loss = (copy.deepcopy(m) for m in pretrained[kind])
             if kind == "metric":  # zero-shot on the new speaker: prototypes only, no fine-tuning
                 rows.append({"target": target, "n": n, "setting": "metric, pre-trained, no fine-tuning", "seed": seed,
-                             "accuracy": word_accuracy(model, loss, support.subset(range(len(support)), augment=False), test, kind)})
+                             "accuracy": word_accuracy(model, loss, support.subset(range(len(support)), transform=None), test, kind)})
             train(model, loss, support, finetune_steps, settings, seed, lr=settings.lr * finetune_lr_mult)
             rows.append({"target": target, "n": n, "setting": f"{kind}, pre-train + fine-tune", "seed": seed,
-                         "accuracy": word_accuracy(model, loss, support.subset(range(len(support)), augment=False), test, kind)})
+                         "accuracy": word_accuracy(model, loss, support.subset(range(len(support)), transform=None), test, kind)})
     return rows
 
 
@@ -176,12 +176,12 @@ def run_speaker_independent(
     test_idx = [i for i, s in enumerate(data.speakers) if s in test_speakers]
     if not train_idx or not test_idx:
         raise DataError(f"speaker-independent split is empty: test speakers {list(test_speakers)}")
-    train_set, test = data.subset(train_idx, augment=True), data.subset(test_idx, augment=False)
+    train_set, test = data.subset(train_idx, transform=SpecAugment()), data.subset(test_idx, transform=None)
     rows = []
     for kind in ("ce", "metric"):
         torch.manual_seed(seed)
         model, loss = make_model(data.n_mels, settings), make_loss(kind, len(data.class_names), settings)
         train(model, loss, train_set, steps, settings, seed)
-        acc = word_accuracy(model, loss, train_set.subset(range(len(train_set)), augment=False), test, kind)
+        acc = word_accuracy(model, loss, train_set.subset(range(len(train_set)), transform=None), test, kind)
         rows.append({"setting": kind, "test_speakers": ",".join(test_speakers), "seed": seed, "accuracy": acc})
     return rows

@@ -61,8 +61,9 @@ class UtteranceEmbedder(nn.Module):
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
+        pooling = "mean" if pooling == "avg" else pooling
         if pooling not in ("mean", "attention"):
-            raise ValueError(f"pooling must be 'mean' or 'attention', got '{pooling}'")
+            raise ValueError(f"pooling must be 'mean' (alias 'avg') or 'attention', got '{pooling}'")
         blocks, in_ch, bands = [], 1, n_mels
         for out_ch in channels:
             blocks.append(nn.ModuleDict({
@@ -78,6 +79,16 @@ class UtteranceEmbedder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(frame_dim, embedding_dim)
         self.embedding_dim, self.normalize, self.n_mels = embedding_dim, normalize, n_mels
+
+    def train_transform(self):  # noqa: ANN201 - a feature transform, see deepmetric.data.speech
+        """SpecAugment masking for training batches (the trainer passes it to the dataset)."""
+        from deepmetric.data.speech import SpecAugment
+
+        return SpecAugment()
+
+    def eval_transform(self) -> None:
+        """No transform at evaluation."""
+        return None
 
     def frame_features(self, features: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Per-frame features ``(B, T, D)`` and the valid-frame mask ``(B, T)``."""

@@ -41,6 +41,7 @@ __all__ = [
     "DATASET_REGISTRY",
     "MODEL_REGISTRY",
     "SAMPLER",
+    "TRIPLET_SAMPLER",
     "Splits",
     "build_datasets",
     "build_loss_from_config",
@@ -61,15 +62,25 @@ DATASET_REGISTRY: dict[str, str | Callable[..., Any]] = {
     "inshop": "deepmetric.data.benchmarks:inshop_dataset",
     "brazilian_coffee": "deepmetric.data.brazilian_coffee:brazilian_coffee_dataset",
     "scene_folder": "deepmetric.data.scene_split:scene_folder_dataset",
+    "ph2": "deepmetric.experiments.skin_lesions:ph2_dataset",
+    "isic2016": "deepmetric.experiments.skin_lesions:isic2016_dataset",
+    "isic2017": "deepmetric.experiments.skin_lesions:isic2017_dataset",
+    "fsdd": "deepmetric.data.speech:fsdd_dataset",
 }
 
 #: model name -> "module:function" (or a callable), see the model builder contract above
 MODEL_REGISTRY: dict[str, str | Callable[..., Any]] = {
     "embedder": "deepmetric.models:create_embedder",
+    "demal": "deepmetric.models.demal:create_demal",
+    "audio_cnn": "deepmetric.models.audio:UtteranceEmbedder",
 }
 
 #: the P x K batch sampler class: (labels, p, k, seed, small_class_policy) with set_epoch(epoch)
 SAMPLER: str | Callable[..., Any] = "deepmetric.data.samplers:PKSampler"
+
+#: the triplet batch sampler class (``sampler.name: triplet``): (labels, triplets_per_batch,
+#: batches_per_epoch, seed) with set_epoch(epoch); batches laid out [anchors; positives; negatives]
+TRIPLET_SAMPLER: str | Callable[..., Any] = "deepmetric.data.triplet_sampler:TripletBatchSampler"
 
 
 def resolve(entry: str | Callable[..., Any]) -> Callable[..., Any]:
@@ -250,6 +261,14 @@ def build_datasets(config: Config, model: nn.Module) -> Splits:
 
 
 def build_sampler(labels: list[int], config: SamplerConfig, seed: int) -> Any:
-    """The P x K batch sampler over ``labels``."""
+    """The batch sampler over ``labels``: P x K (``sampler.name: pk``) or triplet batches
+    (``sampler.name: triplet``: ``triplets_per_batch`` (null = p) triplets per batch,
+    ``batches_per_epoch`` (null = ceil(N / (3 x triplets))) batches per epoch)."""
+    if config.name == "triplet":
+        triplets = config.triplets_per_batch if config.triplets_per_batch is not None else config.p
+        per_epoch = config.batches_per_epoch
+        if per_epoch is None:
+            per_epoch = max(1, -(-len(labels) // (3 * triplets)))
+        return resolve(TRIPLET_SAMPLER)(labels, triplets_per_batch=triplets, batches_per_epoch=per_epoch, seed=seed)
     cls = resolve(SAMPLER)
     return cls(labels, p=config.p, k=config.k, seed=seed, small_class_policy=config.small_class_policy)
