@@ -52,7 +52,7 @@ def plot_training_curves(
     axes = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1]) if has_lr else [fig.subplots()]
     ax = axes[0]
     ax.plot(steps_a, loss_a, color="#9ecae1", lw=1, label="loss")
-    window = max(1, len(loss_a) // 20)
+    window = max(1, min(25, len(loss_a) // 8))
     if window > 1:
         ax.plot(steps_a, moving_average(loss_a, window), color="#08519c", lw=2, label=f"mean of {window}")
     ax.set_ylabel("training loss")
@@ -330,6 +330,7 @@ def plot_retrieval_grid(
             tile(axes[r, c + 1], j, f"#{c + 1} {mark} ({labels[j]})\nscore {nn_score[r, c]:.3f}",
                  RIGHT if right else WRONG, 4)
     fig.suptitle(f"Retrieval: queries (left) and their top-{k} neighbours (green right, red wrong)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     return _save(fig, out)
 
 

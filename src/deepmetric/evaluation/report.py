@@ -70,6 +70,17 @@ def numeric_metrics(block: Any) -> dict[str, float]:
     return flat
 
 
+#: metrics drawn as curves during training, when present (else the first MAX_CURVES others)
+CURVE_METRICS = ["recall@1", "recall@4", "map@r", "r_precision", "nmi", "accuracy"]
+MAX_CURVES = 6
+
+
+def is_count(name: str) -> bool:
+    """Bookkeeping counts (``n_queries``, ``n_queries_excluded``) and per-class entries are left
+    out of the summary table and the curves."""
+    return name.startswith("n_") or "/" in name  # counts, and per-class details ("per_class_accuracy/cat")
+
+
 def order_metrics(names: list[str]) -> list[str]:
     """Sort metric names: the usual retrieval metrics first, in a fixed order."""
     rank = {n: i for i, n in enumerate(METRIC_ORDER)}
@@ -78,7 +89,7 @@ def order_metrics(names: list[str]) -> list[str]:
 
 def summary_rows(baseline: Mapping[str, float], test: Mapping[str, float]) -> list[tuple[str, float | None, float | None]]:
     """(metric, untrained, trained) for every metric in either dict."""
-    names = order_metrics(list(set(baseline) | set(test)))
+    names = order_metrics([n for n in set(baseline) | set(test) if not is_count(n)])
     return [(n, baseline.get(n), test.get(n)) for n in names]
 
 
@@ -203,13 +214,18 @@ def make_plots(run_dir: Path, seed: int = 0) -> tuple[dict[str, Path], list[str]
             continue
         step = ev.get("step")
         for name, value in numeric_metrics(ev).items():
-            if isinstance(step, (int, float)) and math.isfinite(value):
+            if isinstance(step, (int, float)) and math.isfinite(value) and not is_count(name):
                 curves.setdefault(name, ([], []))
                 curves[name][0].append(float(step))
                 curves[name][1].append(value)
     if curves:
+        keep = [n for n in CURVE_METRICS if n in curves]
+        curves = {n: curves[n] for n in (keep or order_metrics(list(curves))[:MAX_CURVES])}
         split = next((ev.get("split") for ev in metrics.get("evaluations", []) if isinstance(ev, Mapping)), "val")
-        base = _baseline_block(metrics, str(split))
+        # dashed untrained levels only when the baseline was measured on the same split
+        base_block = metrics.get("baseline")
+        same_split = isinstance(base_block, Mapping) and base_block.get("split", split) == split
+        base = _baseline_block(metrics, str(split)) if same_split else {}
         best = metrics.get("best") if isinstance(metrics.get("best"), Mapping) else {}
         made["metrics"] = plots.plot_metric_curves(
             curves, {k: v for k, v in base.items() if k in curves}, out_dir / "metrics.png",
