@@ -169,6 +169,15 @@ def test_same_camera_copies_of_the_query_never_count():
 # ------------------------------------------------------------------ end to end
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny convolutions run much faster on one thread when the CI machine is oversubscribed."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def write_csv_dataset(root: Path) -> Path:
     rows = []
     for person in range(1, 7):
@@ -186,7 +195,7 @@ def write_csv_dataset(root: Path) -> Path:
     return manifest
 
 
-def test_end_to_end_cli_on_a_tiny_csv_tracklet_set(tmp_path, capsys):
+def test_end_to_end_cli_on_a_tiny_csv_tracklet_set(tmp_path, capsys, one_thread):
     manifest = write_csv_dataset(tmp_path / "data")
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(f"# tiny\ndata:\n  name: csv\n  root: {manifest}\neval:\n  rerank: true\n  k1: 4\n  k2: 2\n")
@@ -205,7 +214,7 @@ def test_end_to_end_cli_on_a_tiny_csv_tracklet_set(tmp_path, capsys):
     assert "train.steps" in capsys.readouterr().err
 
 
-def test_run_is_seeded(tmp_path):
+def test_run_is_seeded(one_thread):
     splits = ReIDSplits(
         train=[Tracklet(p, c, person_frames(p, 3, 10 * p + c)) for p in range(1, 5) for c in (0, 1)],
         query=[Tracklet(p, 0, person_frames(p, 3, p)) for p in range(5, 8)],

@@ -193,7 +193,9 @@ def _config_error(error: ValidationError) -> ConfigError:
     return ConfigError(lines[0] if len(lines) == 1 else f"{len(lines)} config problems:\n  " + "\n  ".join(lines))
 
 
-def load_reid_config(source: str | Path | dict[str, Any] | None = None, overrides: Sequence[str] = ()) -> VideoReIDConfig:
+def load_reid_config(
+    source: str | Path | dict[str, Any] | None = None, overrides: Sequence[str] = ()
+) -> VideoReIDConfig:
     """A validated :class:`VideoReIDConfig` from a YAML file or dict plus ``key=value`` overrides.
 
     Unknown keys raise :class:`ConfigError` naming the closest valid key.
@@ -377,7 +379,8 @@ def train_video_reid(
             clips, labels = clips.to(device), labels.to(device)
             tracklet_emb, frame_embs = model(clips)
             loss, parts = video_reid_loss(
-                tracklet_emb, frame_embs, labels, frame_loss, tracklet_loss, tc.frame_loss_weight, tc.tracklet_loss_weight
+                tracklet_emb, frame_embs, labels, frame_loss, tracklet_loss,
+                tc.frame_loss_weight, tc.tracklet_loss_weight,
             )
             if not torch.isfinite(loss):
                 raise DeepMetricError(f"the loss became {float(loss)} at step {step}; lower optimizer.lr")
@@ -500,7 +503,9 @@ def _summary(metrics: dict[str, float]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point (see the module docstring)."""
-    parser = argparse.ArgumentParser(prog="python -m deepmetric.experiments.video_reid", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m deepmetric.experiments.video_reid", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("recipe", help="YAML recipe (e.g. recipes/reid_mars.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100")
     parser.add_argument("--out", default=None, help="folder for results.json and config.yaml")
