@@ -22,6 +22,7 @@ __all__ = [
     "load_model",
     "resolve_model_source",
     "search_gallery",
+    "search_saved_index",
 ]
 
 
@@ -215,3 +216,21 @@ def search_gallery(
             for rank, (i, s) in enumerate(zip(row_idx.tolist(), row_scores.tolist()))
         ])
     return out
+
+
+def search_saved_index(index: Any, queries: np.ndarray, k: int = 5) -> list[list[SearchHit]]:
+    """Top-``k`` items of a saved :class:`~deepmetric.search_index.SearchIndex` for every query row."""
+    from deepmetric.errors import InputError
+
+    try:
+        indices, scores = index.search(np.asarray(queries, dtype=np.float32), k)
+    except InputError as exc:
+        raise DataError(f"{exc}; embed the queries with the model that embedded the indexed gallery") from exc
+    labels = list(index.labels) or [""] * index.size
+    paths = list(index.paths) or [""] * index.size
+    return [
+        [SearchHit(rank + 1, str(paths[i]), str(labels[i]), float(sc))
+         for rank, (i, sc) in enumerate(zip(row_i.tolist(), row_s.tolist())) if i >= 0]
+        for row_i, row_s in zip(np.asarray(indices), np.asarray(scores))
+    ]
+

@@ -16,7 +16,7 @@ from deepmetric.cli import build_parser, main
 from deepmetric.errors import DataError
 from deepmetric.recipes import PACKAGED_DEMO, REPO_RECIPES_DIR, find_recipe, list_recipes
 
-SUBCOMMANDS = ["train", "eval", "embed", "search", "report", "recipes", "demo"]
+SUBCOMMANDS = ["train", "eval", "embed", "search", "index", "report", "recipes", "demo"]
 
 
 def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -149,3 +149,20 @@ def test_report_command_on_fake_run(fake_run: Path, capsys: pytest.CaptureFixtur
     assert code == 0 and "report.html" in out
     code, _, err = run_main(["report", str(fake_run / "nope")], capsys)
     assert_one_line_error(code, err, "not found")
+
+
+def test_index_then_search_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    pytest.importorskip("faiss")
+    from deepmetric.embeddings_io import save_embeddings
+
+    g = np.array([[1, 0], [0, 1], [0.8, 0.6], [-1, 0]], np.float32)
+    save_embeddings(tmp_path / "g.npz", g, ["a", "b", "a", "c"], ["g0", "g1", "g2", "g3"])
+    save_embeddings(tmp_path / "q.npz", np.array([[0.9, 0.1]], np.float32), ["a"], ["q0"])
+    index = str(tmp_path / "g.index")
+    code, out, _ = run_main(["index", str(tmp_path / "g.npz"), "-o", index, "--kind", "flat"], capsys)
+    assert code == 0 and "flat index of 4 items" in out
+    code, out, _ = run_main(["search", index, str(tmp_path / "q.npz"), "-k", "2", "--json"], capsys)
+    assert code == 0
+    assert [h["path"] for h in json.loads(out)[0]["neighbours"]] == ["g0", "g2"]
