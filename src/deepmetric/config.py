@@ -87,13 +87,26 @@ class DataConfig(_Section):
 
 
 class SamplerConfig(_Section):
-    """The P x K class-balanced batch sampler."""
+    """The training batch sampler: P x K class-balanced batches, or triplet batches."""
 
+    name: Literal["pk", "triplet"] = Field(
+        "pk",
+        description="'pk': p classes x k samples per batch; 'triplet': class-balanced triplet batches "
+        "laid out [anchors; positives; negatives] (for loss triplet_hybrid)",
+    )
     p: int = Field(8, ge=2, description="classes per batch")
     k: int = Field(4, ge=2, description="samples per class in a batch")
     small_class_policy: Literal["replace", "drop", "error"] = Field(
         "replace",
         description="a class with fewer than k samples is sampled with replacement, dropped, or an error",
+    )
+    triplets_per_batch: int | None = Field(
+        None, gt=0, description="'triplet': triplets per batch (3x this many images); null = p"
+    )
+    batches_per_epoch: int | None = Field(
+        None,
+        gt=0,
+        description="'triplet': batches per epoch; null = ceil(training items / (3 x triplets per batch))",
     )
 
 

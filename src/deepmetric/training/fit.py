@@ -3,7 +3,7 @@
 Flow (one run folder, see docs/run_folder.md):
 
 1. Seed everything, build model, datasets (validation carved from the training split), loss,
-   optimizer (backbone / head / loss groups) and the P x K sampler.
+   optimizer (backbone / head / loss groups) and the batch sampler (P x K, or triplets).
 2. Step 0: evaluate the untrained network on the selection split (``eval.split``, a candidate
    for ``best.pt``) and on the test split (the *baseline*).
 3. Train for ``trainer.steps`` (or ``trainer.epochs`` x batches per epoch) optimizer steps:
@@ -159,8 +159,9 @@ class _Run:
         self.steps_per_epoch = len(self.sampler)
         if self.steps_per_epoch == 0:
             raise DataError(
-                f"the P x K sampler yields no batch from {len(self.splits.train)} training items in "
-                f"{self.splits.num_classes} classes; lower sampler.p (now {config.sampler.p}) or sampler.k"
+                f"the {config.sampler.name} sampler yields no batch from {len(self.splits.train)} training "
+                f"items in {self.splits.num_classes} classes; lower sampler.p (now {config.sampler.p}) or "
+                "sampler.k (pk), or set sampler.batches_per_epoch (triplet)"
             )
         self.total_steps = _total_steps(config, self.steps_per_epoch)
         self.selection = self.splits.val if config.eval.split == "val" else self.splits.test
