@@ -12,6 +12,9 @@ It reads only files of the run folder (see docs/run_folder.md):
                              and retrieval grid
 * a confusion matrix, for classification runs: ``metrics.json["test"]["confusion_matrix"]``
   (optionally with ``"class_names"``) or ``test_predictions.npz`` (``labels``, ``predictions``)
+* ``figures/*.png``          extra figures written by an experiment pipeline (e.g. ROC curves
+                             and Grad-CAM heat maps of :mod:`deepmetric.experiments.skin_lesions`),
+                             shown after the standard plots with a caption from FIGURE_CAPTIONS
 
 Missing pieces are skipped (a run that is still training has no test metrics yet); the HTML says
 what is missing instead of failing. Only a missing or unreadable run folder is an error.
@@ -34,6 +37,16 @@ from deepmetric.errors import DataError
 from deepmetric.evaluation import plots
 
 PLOTS_DIR = "plots"
+
+#: folder of extra PNGs that experiment pipelines put into a run folder (shown in the report)
+FIGURES_DIR = "figures"
+
+#: title and caption of known extra figures, by file stem; others are titled by their name
+FIGURE_CAPTIONS = {
+    "roc": ("ROC curves", "One class against the rest on the test split; AUC in the legend."),
+    "heatmaps": ("Heat maps", "Test images with the Grad-CAM map of the predicted class (and the spatial "
+                 "attention map, for attention models) overlaid: red is where the network looks."),
+}
 
 #: preferred order of metrics in the summary table; others follow alphabetically
 METRIC_ORDER = ["recall@1", "recall@2", "recall@4", "recall@8", "precision@1", "r_precision", "map@r", "nmi", "f1"]
@@ -268,6 +281,10 @@ def make_plots(run_dir: Path, seed: int = 0) -> tuple[dict[str, Path], list[str]
     conf = _confusion(run_dir, test_block)
     if conf is not None:
         made["confusion"] = plots.plot_confusion_matrix(conf[0], out_dir / "confusion_matrix.png", conf[1])
+    figures = run_dir / FIGURES_DIR
+    if figures.is_dir():
+        for png in sorted(figures.glob("*.png")):
+            made[f"figure:{png.stem}"] = png
     return made, notes
 
 
@@ -327,6 +344,12 @@ def render_html(run_dir: Path, made: Mapping[str, Path], notes: list[str]) -> st
     for key in ("loss", "metrics", "recall", "projection", "retrieval", "confusion"):
         if key in made:
             title, caption = CAPTIONS[key]
+            rel = made[key].relative_to(run_dir).as_posix()
+            parts.append(f"<h2>{e(title)}</h2><p class='note'>{e(caption)}</p><img src='{e(rel)}' alt='{e(title)}'>")
+    for key in made:
+        if key.startswith("figure:"):
+            stem = key.partition(":")[2]
+            title, caption = FIGURE_CAPTIONS.get(stem, (stem.replace("_", " ").capitalize(), ""))
             rel = made[key].relative_to(run_dir).as_posix()
             parts.append(f"<h2>{e(title)}</h2><p class='note'>{e(caption)}</p><img src='{e(rel)}' alt='{e(title)}'>")
     if notes:
