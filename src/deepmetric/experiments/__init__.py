@@ -1,0 +1,1 @@
+"""End-to-end experiment protocols of the published methods (run by recipes and benchmarks/)."""
