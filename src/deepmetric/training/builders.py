@@ -260,15 +260,24 @@ def build_datasets(config: Config, model: nn.Module) -> Splits:
     return Splits(train=train, val=val, test=evaluated["test"])
 
 
-def build_sampler(labels: list[int], config: SamplerConfig, seed: int) -> Any:
+def build_sampler(labels: list[int], config: SamplerConfig, seed: int, rank: int = 0, world_size: int = 1) -> Any:
     """The batch sampler over ``labels``: P x K (``sampler.name: pk``) or triplet batches
     (``sampler.name: triplet``: ``triplets_per_batch`` (null = p) triplets per batch,
-    ``batches_per_epoch`` (null = ceil(N / (3 x triplets))) batches per epoch)."""
+    ``batches_per_epoch`` (null = ceil(N / (3 x triplets))) batches per epoch). With several
+    processes, rank ``rank`` of ``world_size`` draws its own disjoint share of P x K batches."""
     if config.name == "triplet":
+        if world_size > 1:
+            raise ConfigError(
+                "sampler.name=triplet does not support multi-process training yet; use sampler.name=pk "
+                "or train in one process"
+            )
         triplets = config.triplets_per_batch if config.triplets_per_batch is not None else config.p
         per_epoch = config.batches_per_epoch
         if per_epoch is None:
             per_epoch = max(1, -(-len(labels) // (3 * triplets)))
         return resolve(TRIPLET_SAMPLER)(labels, triplets_per_batch=triplets, batches_per_epoch=per_epoch, seed=seed)
     cls = resolve(SAMPLER)
+    if world_size > 1:
+        return cls(labels, p=config.p, k=config.k, seed=seed, small_class_policy=config.small_class_policy,
+                   rank=rank, world_size=world_size)
     return cls(labels, p=config.p, k=config.k, seed=seed, small_class_policy=config.small_class_policy)

@@ -103,6 +103,12 @@ def broadcast_parameters(module: nn.Module, src: int = 0) -> None:
         dist.broadcast(tensor.data, src=src)
 
 
+def barrier() -> None:
+    """Wait for every rank (no-op in a single process)."""
+    if is_distributed():
+        dist.barrier()
+
+
 def all_reduce_mean(value: float, device: torch.device | str = "cpu") -> float:
     """Mean of a Python number over ranks (for logging)."""
     if not is_distributed():

@@ -24,6 +24,7 @@ the same weights as 2N steps. Ctrl-C finishes the current step, writes ``last.pt
 from __future__ import annotations
 
 import math
+import os
 import signal
 import threading
 import time
@@ -48,6 +49,7 @@ from deepmetric.training.builders import (
 )
 from deepmetric.training.checkpoint import load_checkpoint, save_checkpoint, write_json
 from deepmetric.training.csv_log import CsvLog
+from deepmetric.training import distributed as dist_utils
 from deepmetric.training.embed import dataset_paths, forward_batch, to_device
 from deepmetric.training.evaluate import evaluate_model, select_value
 from deepmetric.training.optim import build_optimizer
@@ -153,9 +155,17 @@ class _Run:
         )
         self.model.to(self.device)
         self.loss.to(self.device)
+        # several processes: every rank starts from rank 0's weights, pair losses see all ranks'
+        # embeddings, gradients are summed over ranks (see training/distributed.py); rank 0 writes
+        self.main = dist_utils.is_main_process()
+        self.world_size = dist_utils.world_size()
+        dist_utils.broadcast_parameters(self.model)
+        dist_utils.broadcast_parameters(self.loss)
+        self.train_loss: nn.Module = dist_utils.GatheredLoss(self.loss) if self.world_size > 1 else self.loss
         self.optimizer = build_optimizer(self.model, self.loss, config.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
-        self.sampler = build_sampler(self.splits.train.labels, config.sampler, config.seed)
+        self.sampler = build_sampler(self.splits.train.labels, config.sampler, config.seed,
+                                     dist_utils.rank(), self.world_size)
         self.steps_per_epoch = len(self.sampler)
         if self.steps_per_epoch == 0:
             raise DataError(
@@ -225,7 +235,8 @@ class _Run:
         set_rng_state(state["rng"])
 
     def save_last(self) -> None:
-        save_checkpoint(self._state(), self.paths.last)
+        if self.main:
+            save_checkpoint(self._state(), self.paths.last)
 
     def seconds(self) -> float:
         return self.elapsed + time.perf_counter() - self.started
@@ -249,7 +260,8 @@ class _Run:
         if better:
             self.best = {"step": self.step, "metric": self.config.eval.select_metric, "value": value}
             self.bad_evals = 0
-            save_checkpoint(self._state(), self.paths.best)
+            if self.main:
+                save_checkpoint(self._state(), self.paths.best)
         else:
             self.bad_evals += 1
             patience = self.config.trainer.early_stopping_patience
@@ -272,7 +284,8 @@ class _Run:
         }
         if final:
             summary.update(final)
-        write_json(summary, self.paths.metrics)
+        if self.main:
+            write_json(summary, self.paths.metrics)
         return summary
 
     # ---------------------------------------------------------------- training
@@ -307,7 +320,7 @@ class _Run:
         labels = torch.as_tensor(labels).long().to(self.device)
         with torch.autocast(self.device.type, enabled=self.amp):
             embeddings = forward_batch(self.model, inputs)
-        loss = self.loss(embeddings.float(), labels)
+        loss = self.train_loss(embeddings.float(), labels)
         if not bool(torch.isfinite(loss.detach())):
             if self.amp:  # the scaler skips the step; the next steps lower the scale
                 self.optimizer.zero_grad(set_to_none=True)
@@ -318,6 +331,8 @@ class _Run:
                 "set trainer.grad_clip (e.g. 1.0), or check the data"
             )
         self.scaler.scale(loss).backward()
+        if self.world_size > 1:
+            dist_utils.sync_gradients(self.model.parameters(), self.loss.parameters())
         if self.config.trainer.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -329,9 +344,9 @@ class _Run:
 
     def train(self, interrupt: _Interrupt) -> None:
         cfg = self.config.trainer
-        log = CsvLog(self.paths.log, resume_step=self.step)
+        log = CsvLog(self.paths.log if self.main else os.devnull, resume_step=self.step)
         bar = None
-        if self.progress:
+        if self.progress and self.main:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step", dynamic_ncols=True)
@@ -391,18 +406,20 @@ class _Run:
         if best_step != self.step:
             last_metrics, _, _ = self.evaluate(self.splits.test, "test")
             final["test_last"] = _clean(last_metrics)
+            dist_utils.barrier()  # rank 0 has finished writing best.pt
             best_state = load_checkpoint(self.paths.best, map_location=self.device)
             self.model.load_state_dict(best_state["model"])
             self.loss.load_state_dict(best_state["loss"])
         metrics, embeddings, labels = self.evaluate(self.splits.test, "test")
         final["test"] = _clean(metrics)
         final["test_step"] = best_step
-        np.savez(
-            self.paths.test_embeddings,
-            embeddings=embeddings.numpy(),
-            labels=labels.numpy(),
-            paths=np.asarray(dataset_paths(self.splits.test), dtype=str),
-        )
+        if self.main:
+            np.savez(
+                self.paths.test_embeddings,
+                embeddings=embeddings.numpy(),
+                labels=labels.numpy(),
+                paths=np.asarray(dataset_paths(self.splits.test), dtype=str),
+            )
         return self.write_metrics(final)
 
 
@@ -417,6 +434,7 @@ def fit(config: Config, run_dir: str | Path, resume: bool = False, progress: boo
     """
     if not isinstance(config, Config):
         config = load_config(config)
+    dist_utils.init_from_env()  # launched by torchrun: join the process group
     paths = RunPaths(Path(run_dir))
     if resume:
         if not paths.last.is_file():
@@ -429,8 +447,10 @@ def fit(config: Config, run_dir: str | Path, resume: bool = False, progress: boo
             f"run folder '{paths.root}' already holds a checkpoint; resume it (--resume / resume=True) "
             "or choose a new run folder"
         )
+    dist_utils.barrier()  # every rank has checked the folder before rank 0 writes into it
     paths.root.mkdir(parents=True, exist_ok=True)
-    save_config(config, paths.config)
+    if dist_utils.is_main_process():
+        save_config(config, paths.config)
     previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     try:
         run = _Run(config, paths.root, resume, progress)
