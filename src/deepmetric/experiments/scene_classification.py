@@ -62,6 +62,9 @@ from torch import Tensor, nn
 from deepmetric.config import Config, load_config
 from deepmetric.errors import ConfigError, DataError
 from deepmetric.evaluation.classification import classification_report, summarize_repeats
+from deepmetric.experiments.common import check_same_config as _check_same_config
+from deepmetric.experiments.common import classifier_trained as _classifier_trained
+from deepmetric.experiments.common import unwrap_loss as _unwrap
 
 __all__ = [
     "HEADS",
@@ -125,22 +128,6 @@ def split_config(config: Config, seed: int, test_fraction: float) -> Config:
 
 # --------------------------------------------------------------------------------------------
 # prediction heads
-
-
-def _unwrap(loss: nn.Module) -> list[nn.Module]:
-    """The loss and the losses it wraps (Hybrid.metric_loss, SymmetricalSynthesis.base...)."""
-    chain = [loss]
-    for attr in ("metric_loss", "base_loss"):
-        inner = getattr(loss, attr, None)
-        if isinstance(inner, nn.Module) and inner is not loss:
-            chain += _unwrap(inner)
-            break
-    return chain
-
-
-def _classifier_trained(part: nn.Module) -> bool:
-    """A classifier head is trained unless its cross-entropy term is switched off."""
-    return bool(getattr(part, "use_ce", True)) and float(getattr(part, "ce_weight", 1.0)) > 0
 
 
 def _centers_trained(part: nn.Module) -> bool:
@@ -393,29 +380,6 @@ def _finished(run_dir: Path) -> bool:
     return (run_dir / "test_embeddings.npz").is_file() and (run_dir / "metrics.json").is_file() and (
         "test" in json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     )
-
-
-def _check_same_config(run_dir: Path, config: Config) -> None:
-    """A split folder from an earlier call is reused only for the same config."""
-    saved_path = run_dir / "config.yaml"
-    if not saved_path.is_file():
-        return
-    ignore = {"num_workers"}
-    saved = load_config(saved_path).to_dict()
-    now = config.to_dict()
-    for section in (saved, now):
-        section["data"] = {k: v for k, v in section["data"].items() if k not in ignore}
-    if saved != now:
-        changed = sorted(
-            f"{k}.{kk}" if isinstance(v, dict) else k
-            for k, v in now.items()
-            for kk in (v if isinstance(v, dict) else [None])
-            if (saved.get(k) if kk is None else (saved.get(k) or {}).get(kk)) != (v if kk is None else v[kk])
-        )
-        raise ConfigError(
-            f"'{run_dir}' holds a split run of a different config (differs in {', '.join(changed)}); "
-            "choose a new output folder (--out) or delete the old one"
-        )
 
 
 def run_repeated_splits(

@@ -296,10 +296,10 @@ def fold_config(config: Config, fold: int | None, n_folds: int, split_seed: int)
 
 def _classifier(loss: nn.Module) -> nn.Module:
     """The loss (or a loss it wraps) whose ``logits`` is a trained classifier."""
-    from deepmetric.experiments.scene_classification import _classifier_trained, _unwrap
+    from deepmetric.experiments.common import classifier_trained, unwrap_loss
 
-    for part in _unwrap(loss):
-        if callable(getattr(part, "logits", None)) and _classifier_trained(part):
+    for part in unwrap_loss(loss):
+        if callable(getattr(part, "logits", None)) and classifier_trained(part):
             return part
     raise ConfigError(
         f"loss {type(loss).__name__} has no trained classifier to predict with; use loss.name=triplet_hybrid, "
@@ -558,7 +558,7 @@ def run_cross_validation(
         The ``summary.json`` content: ``{"n_folds", "split_seed", "checkpoint", "class_names",
         "malignant", "metrics": summarize_folds(...), "folds": [per-fold rows]}``.
     """
-    from deepmetric.experiments.scene_classification import _check_same_config
+    from deepmetric.experiments.common import check_same_config
     from deepmetric.training import fit
     from deepmetric.training.checkpoint import write_json
     from deepmetric.training.run_folder import RunPaths
@@ -577,7 +577,7 @@ def run_cross_validation(
     for f in chosen:
         cfg = fold_config(config, f if n_folds > 1 else None, int(n_folds), seed)
         run_dir = out / (f"fold_{f}" if n_folds > 1 else "run")
-        _check_same_config(run_dir, cfg)
+        check_same_config(run_dir, cfg)
         saved = run_dir / DIAGNOSTICS_FILE
         result = json.loads(saved.read_text(encoding="utf-8")) if saved.is_file() else None
         if result is None or result.get("checkpoint") != checkpoint:
