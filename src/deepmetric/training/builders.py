@@ -73,6 +73,7 @@ MODEL_REGISTRY: dict[str, str | Callable[..., Any]] = {
     "embedder": "deepmetric.models:create_embedder",
     "demal": "deepmetric.models.demal:create_demal",
     "audio_cnn": "deepmetric.models.audio:UtteranceEmbedder",
+    "multilevel": "deepmetric.models.multilevel:MultiLevelEmbedder",
 }
 
 #: the P x K batch sampler class: (labels, p, k, seed, small_class_policy) with set_epoch(epoch)
@@ -173,9 +174,17 @@ def embedding_dim_of(model: nn.Module) -> int:
 # loss
 
 
-def build_loss_from_config(config: LossConfig, num_classes: int, embedding_dim: int) -> nn.Module:
+def build_loss_from_config(
+    config: LossConfig, num_classes: int, embedding_dim: int, head_dims: Mapping[str, int] | None = None
+) -> nn.Module:
     """``build_loss(name, **params)`` with ``num_classes`` / ``embedding_dim`` injected when the
-    loss takes them, then wrapped with Symmetrical Synthesis and/or Hybrid (+ cross-entropy)."""
+    loss takes them, then wrapped with Symmetrical Synthesis and/or Hybrid (+ cross-entropy).
+    For a multi-head model (``head_dims``, e.g. :class:`~deepmetric.models.multilevel.MultiLevelEmbedder`)
+    every head gets its own such loss and their sum is returned (:class:`MultiHeadLoss`)."""
+    if head_dims:
+        from deepmetric.models.multilevel import MultiHeadLoss
+
+        return MultiHeadLoss(lambda _, dim: build_loss_from_config(config, num_classes, dim), dict(head_dims))
     from deepmetric.losses import loss_class
 
     params = dict(config.params)

@@ -77,8 +77,12 @@ class GatheredLoss(nn.Module):
         super().__init__()
         self.loss = loss
 
-    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
-        return self.loss(all_gather_with_grad(embeddings), all_gather_with_grad(labels))
+    def forward(self, embeddings: Tensor | dict[str, Tensor], labels: Tensor) -> Tensor:
+        if isinstance(embeddings, dict):  # multi-head models: gather every head
+            gathered: Tensor | dict[str, Tensor] = {k: all_gather_with_grad(v) for k, v in embeddings.items()}
+        else:
+            gathered = all_gather_with_grad(embeddings)
+        return self.loss(gathered, all_gather_with_grad(labels))
 
 
 def sync_gradients(model_params: Iterable[nn.Parameter], loss_params: Iterable[nn.Parameter] = ()) -> None:

@@ -151,7 +151,8 @@ class _Run:
         self.model: nn.Module = build_model(config)
         self.splits: Splits = build_datasets(config, self.model)
         self.loss: nn.Module = build_loss_from_config(
-            config.loss, self.splits.num_classes, embedding_dim_of(self.model)
+            config.loss, self.splits.num_classes, embedding_dim_of(self.model),
+            head_dims=getattr(self.model, "head_dims", None),
         )
         self.model.to(self.device)
         self.loss.to(self.device)
@@ -320,7 +321,11 @@ class _Run:
         labels = torch.as_tensor(labels).long().to(self.device)
         with torch.autocast(self.device.type, enabled=self.amp):
             embeddings = forward_batch(self.model, inputs)
-        loss = self.train_loss(embeddings.float(), labels)
+        if isinstance(embeddings, dict):  # a multi-head model: one embedding per head
+            embeddings = {name: e.float() for name, e in embeddings.items()}
+        else:
+            embeddings = embeddings.float()
+        loss = self.train_loss(embeddings, labels)
         if not bool(torch.isfinite(loss.detach())):
             if self.amp:  # the scaler skips the step; the next steps lower the scale
                 self.optimizer.zero_grad(set_to_none=True)
