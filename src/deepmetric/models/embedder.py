@@ -68,6 +68,8 @@ class Embedder(nn.Module):
         freeze_bn: bool = False,
         backbone_name: str = "",
         weights_source: str = "random",
+        train_scale: tuple[float, float] = (0.16, 1.0),
+        hflip: float = 0.5,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -88,6 +90,8 @@ class Embedder(nn.Module):
         self.backbone_name = backbone_name
         self.weights_source = weights_source
         self.freeze_bn = freeze_bn
+        self.train_scale = (float(train_scale[0]), float(train_scale[1]))
+        self.hflip = float(hflip)
         self.train(self.training)
 
     # ------------------------------------------------------------------ forward
@@ -123,11 +127,14 @@ class Embedder(nn.Module):
         yield from self.head.parameters()
 
     # ------------------------------------------------------------------ transforms
-    def train_transform(self, scale: tuple[float, float] = (0.16, 1.0), hflip: float = 0.5) -> T.Compose:
+    def train_transform(self, scale: tuple[float, float] | None = None, hflip: float | None = None) -> T.Compose:
         """Training augmentation producing ``input_size`` tensors normalised for this backbone.
 
         Set ``hflip=0`` for data whose identity changes under mirroring (characters, text).
+        Defaults: the ``train_scale`` and ``hflip`` given to :func:`create_embedder`.
         """
+        scale = self.train_scale if scale is None else scale
+        hflip = self.hflip if hflip is None else hflip
         return build_train_transform(self.input_size, self.mean, self.std, self.interpolation, scale, hflip)
 
     def eval_transform(self) -> T.Compose:
@@ -157,6 +164,8 @@ def create_embedder(
     in_chans: int = 3,
     dropout: float = 0.0,
     freeze_bn: bool = False,
+    train_scale: tuple[float, float] = (0.16, 1.0),
+    hflip: float = 0.5,
 ) -> Embedder:
     """Build an :class:`Embedder` on a timm backbone. Never touches the network.
 
@@ -173,6 +182,9 @@ def create_embedder(
         dropout: dropout before the head.
         freeze_bn: keep BatchNorm running statistics fixed in train mode (recommended when
             fine-tuning on small data, see METHODS.md "Training practice").
+        train_scale: area range of the training random-resized crop (e.g. ``(0.7, 1.0)`` for
+            characters, where small crops destroy the identity).
+        hflip: probability of a horizontal flip in training (0 for text and characters).
     """
     import timm
 
@@ -213,5 +225,19 @@ def create_embedder(
         freeze_bn=freeze_bn,
         backbone_name=backbone,
         weights_source=source,
+        train_scale=_check_scale(train_scale),
+        hflip=_check_probability(hflip),
     )
+
+
+def _check_scale(scale: tuple[float, float] | list[float]) -> tuple[float, float]:
+    if len(scale) != 2 or not 0.0 < float(scale[0]) <= float(scale[1]) <= 1.0:
+        raise ConfigError(f"train_scale must be [low, high] with 0 < low <= high <= 1, got {list(scale)}")
+    return float(scale[0]), float(scale[1])
+
+
+def _check_probability(p: float) -> float:
+    if not 0.0 <= float(p) <= 1.0:
+        raise ConfigError(f"hflip must be a probability in [0, 1], got {p}")
+    return float(p)
 

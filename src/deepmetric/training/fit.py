@@ -138,6 +138,22 @@ def _amp_enabled(config: Config, device: torch.device) -> bool:
     return bool(amp)
 
 
+def _check_single_item_classes(train: Any, config: Config) -> None:
+    """A class with one training item has no positive pair: an error, unless the P x K sampler is
+    told to drop such classes (``sampler.small_class_policy=drop``)."""
+    if config.sampler.name != "pk" or config.sampler.small_class_policy == "drop":
+        return
+    counts = np.bincount(np.asarray(train.labels, dtype=np.int64))
+    singles = np.flatnonzero(counts == 1)
+    if len(singles):
+        names = getattr(train, "class_names", None)
+        example = names[singles[0]] if names is not None and len(names) > singles[0] else int(singles[0])
+        raise DataError(
+            f"{len(singles)} training class(es) have a single item (e.g. '{example}'), so they cannot form a "
+            "positive pair; add items to them, or set sampler.small_class_policy=drop to leave them out"
+        )
+
+
 class _Run:
     """State and pieces of one training run (internal to :func:`fit`)."""
 
@@ -154,6 +170,7 @@ class _Run:
             config.loss, self.splits.num_classes, embedding_dim_of(self.model),
             head_dims=getattr(self.model, "head_dims", None),
         )
+        _check_single_item_classes(self.splits.train, config)
         self.model.to(self.device)
         self.loss.to(self.device)
         # several processes: every rank starts from rank 0's weights, pair losses see all ranks'
@@ -428,14 +445,30 @@ class _Run:
         return self.write_metrics(final)
 
 
-def fit(config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def _write_report(run_dir: Path) -> None:
+    import warnings
+
+    from deepmetric.evaluation.report import write_report
+
+    try:
+        write_report(run_dir)
+    except Exception as exc:  # noqa: BLE001 - the run itself succeeded; say what failed
+        warnings.warn(f"training finished but report.html could not be written ({exc}); "
+                      f"run 'deepmetric report {run_dir}' to retry", stacklevel=3)
+
+
+def fit(
+    config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True, report: bool = True
+) -> dict[str, Any]:
     """Train ``config`` into the run folder ``run_dir`` and return the metrics summary (the
     content of ``metrics.json``: ``evaluations``, ``baseline``, ``best``, ``test``, ...).
 
     ``resume=True`` continues from ``run_dir/checkpoints/last.pt``; only the keys in
     :data:`RESUMABLE_CHANGES` (e.g. ``trainer.steps`` to train longer) may differ from the run's
     saved ``config.yaml``. Without ``resume`` the folder must not hold a checkpoint yet.
-    Ctrl-C (KeyboardInterrupt) writes ``last.pt`` and re-raises.
+    Ctrl-C (KeyboardInterrupt) writes ``last.pt`` and re-raises. With ``report`` (default) the
+    run folder also gets ``report.html`` and its plots (a failure there only warns: the trained
+    run is complete without it).
     """
     if not isinstance(config, Config):
         config = load_config(config)
@@ -472,6 +505,9 @@ def fit(config: Config, run_dir: str | Path, resume: bool = False, progress: boo
                 run.write_metrics()
                 run.save_last()
             run.train(interrupt)
-        return run.finish()
+        summary = run.finish()
+        if report and run.main:
+            _write_report(paths.root)
+        return summary
     finally:  # leave the process's global determinism setting as it was
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
