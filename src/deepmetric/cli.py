@@ -51,6 +51,23 @@ def _metrics_table(metrics: dict[str, float]) -> str:
 # ------------------------------------------------------------------------------------ handlers
 
 
+def _launch_processes(args: argparse.Namespace, recipe: Path, run_dir: Path) -> int:
+    """Re-run this training under torchrun with ``args.nproc`` processes on this machine."""
+    import subprocess
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+               "-m", "deepmetric.cli", *(["--debug"] if args.debug else []), "train", str(recipe),
+               *args.overrides, "--out", str(run_dir)]
+    if args.resume:
+        command.append("--resume")
+    if args.no_progress:
+        command.append("--no-progress")
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    print(f"launching {args.nproc} processes: {' '.join(command)}", file=sys.stderr)
+    return subprocess.call(command)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from deepmetric.config import load_config
     from deepmetric.evaluation.report import write_report
@@ -59,15 +76,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     recipe = find_recipe(args.recipe)
     config = load_config(recipe, args.overrides)
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if args.out is not None:
         run_dir = Path(args.out)
     elif args.resume:
         raise DeepMetricError("--resume needs the run folder to continue; pass --out runs/NAME")
+    elif under_torchrun:
+        raise DeepMetricError("with several processes every rank must write to one folder; pass --out runs/NAME")
     else:
         run_dir = Path("runs") / f"{recipe.stem}-{_timestamp()}"
+    if args.nproc > 1 and not under_torchrun:
+        return _launch_processes(args, recipe, run_dir)
     _set_threads(args.threads)
-    print(f"training {recipe} -> {run_dir}", file=sys.stderr)
-    summary = fit(config, run_dir, resume=args.resume, progress=not args.no_progress)
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        print(f"training {recipe} -> {run_dir}", file=sys.stderr)
+    summary = fit(config, run_dir, resume=args.resume, progress=not args.no_progress and rank == 0)
+    if rank != 0:
+        return 0
     report = run_dir / "report.html"
     if not report.is_file() or report.stat().st_mtime < (run_dir / "metrics.json").stat().st_mtime:
         report = write_report(run_dir)
@@ -235,13 +261,17 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  deepmetric train recipes/demo_omniglot.yaml\n"
         "  deepmetric train demo_omniglot trainer.steps=200 optimizer.lr=0.0005 --out runs/short\n"
-        "  deepmetric train demo_omniglot --out runs/short --resume trainer.steps=400\n\n"
+        "  deepmetric train demo_omniglot --out runs/short --resume trainer.steps=400\n"
+        "  deepmetric train rll_sop data.root=/data/Stanford_Online_Products --nproc 4 --out runs/sop\n"
+        "  torchrun --nproc_per_node 4 -m deepmetric.cli train rll_sop --out runs/sop   # the same by hand\n\n"
         "overrides are KEY=VALUE pairs with dotted keys (see docs/config.md); values are parsed as YAML.",
     )
     p.add_argument("recipe", help="recipe YAML file or recipe name")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. trainer.steps=100")
     p.add_argument("--out", "-o", default=None, help="run folder (default: runs/<recipe>-<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="data-parallel processes on this machine (launched with torchrun; one per GPU, gloo on CPU)")
     _common(p, device=False)
     p.set_defaults(handler=cmd_train)
 
