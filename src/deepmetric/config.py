@@ -58,7 +58,7 @@ class DataConfig(_Section):
     name: str = Field(
         "folder",
         description="dataset loader from the dataset registry (folder, csv, omniglot, olivetti, "
-        "cub200, cars196, sop, inshop, ...)",
+        "cub200, cars196, sop, inshop, scene_folder, brazilian_coffee, ph2, isic2016, isic2017, fsdd)",
     )
     root: str | None = Field(
         None, description="path of the dataset (folder, zip, npz or CSV file, depending on the loader)"
@@ -113,12 +113,14 @@ class SamplerConfig(_Section):
 class ModelConfig(_Section):
     """The embedding network."""
 
-    name: str = Field("embedder", description="model builder from the model registry")
+    name: str = Field(
+        "embedder", description="model builder from the model registry (embedder, multilevel, demal, audio_cnn)"
+    )
     backbone: str = Field("tf_efficientnet_lite0", description="backbone architecture name")
     pretrained: bool | str = Field(
         "offline",
-        description="'offline' (bundled ImageNet weights, no download), true (download), false "
-        "(random init) or a path to a weights file",
+        description="'offline' (bundled ImageNet weights), true (the local timm / Hugging Face cache), "
+        "false (random init) or a path to a weights file; nothing is ever downloaded",
     )
     embedding_dim: int = Field(128, gt=0, description="size of the embedding")
     pooling: str = Field("avg", description="global pooling of the backbone feature map")
