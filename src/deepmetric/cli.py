@@ -51,6 +51,17 @@ def _metrics_table(metrics: dict[str, float]) -> str:
 # ------------------------------------------------------------------------------------ handlers
 
 
+def _recipe_runner(recipe: Path) -> str | None:
+    """The experiment module named by a recipe's ``# Runner: python -m MODULE ...`` header line."""
+    for line in recipe.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("#"):
+            break
+        words = line.lstrip("# ").split()
+        if len(words) >= 4 and words[0].lower() == "runner:" and words[2] == "-m" and words[3].startswith("deepmetric.experiments."):
+            return words[3]
+    return None
+
+
 def _launch_processes(args: argparse.Namespace, recipe: Path, run_dir: Path) -> int:
     """Re-run this training under torchrun with ``args.nproc`` processes on this machine."""
     import subprocess
@@ -75,6 +86,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     from deepmetric.training import fit
 
     recipe = find_recipe(args.recipe)
+    runner = _recipe_runner(recipe)
+    if runner is not None:  # e.g. video re-ID recipes: their protocol has its own runner and schema
+        import importlib
+
+        print(f"{recipe.name} runs with its own protocol: python -m {runner}", file=sys.stderr)
+        argv = [str(recipe), *args.overrides, *(["--out", args.out] if args.out else [])]
+        return int(importlib.import_module(runner).main(argv) or 0)
     config = load_config(recipe, args.overrides)
     under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if args.out is not None:
