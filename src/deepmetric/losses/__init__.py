@@ -64,7 +64,18 @@ def build_loss(name: str, **params: Any) -> nn.Module:
     return cls(**params)
 
 
+#: public names that are not registry losses: wrappers and helpers, imported lazily too
+EXTRA_EXPORTS: dict[str, str] = {
+    "Hybrid": "classification:Hybrid",
+    "predict": "classification:predict",
+    "SymmetricalSynthesis": "synthesis:SymmetricalSynthesis",
+}
+
+
 def __getattr__(attr: str) -> Any:
+    if attr in EXTRA_EXPORTS:
+        module_name, name = EXTRA_EXPORTS[attr].split(":")
+        return getattr(importlib.import_module(f"deepmetric.losses.{module_name}"), name)
     for path in LOSS_REGISTRY.values():
         module_name, class_name = path.split(":")
         if class_name == attr:
@@ -72,4 +83,7 @@ def __getattr__(attr: str) -> Any:
     raise AttributeError(f"module 'deepmetric.losses' has no attribute '{attr}'")
 
 
-__all__ = ["LOSS_REGISTRY", "MetricLoss", "PairLoss", "build_loss", "check_kwargs", "loss_class"]
+__all__ = [
+    "LOSS_REGISTRY", "MetricLoss", "PairLoss", "build_loss", "check_kwargs", "loss_class",
+    "Hybrid", "predict", "SymmetricalSynthesis",
+]
