@@ -1,0 +1,135 @@
+"""benchmarks/run_all.py (table capture, document assembly) and bench_accuracy_vs_pml's budget
+building, on fake benchmark outputs: nothing heavy runs here."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses need the module registered
+    spec.loader.exec_module(module)
+    return module
+
+
+run_all = _load("run_all")
+
+STREAMED = """# Loss speed, setting line
+torch X, threads 1
+
+| loss | ms |
+|---|---:|
+| a | 1.0 |
+| b | 2.0 |
+
+## Table
+
+| loss | ms |
+|---|---:|
+| a | 1.0 |
+| b | 2.0 |
+| floor | 0.5 |
+
+
+## Targets
+
+* MISS b
+"""
+
+TWO_TABLES = """| impl | s |
+|---|---:|
+| ours | 1 |
+
+scaling:
+
+| q | s |
+|---:|---:|
+| 10 | 2 |
+"""
+
+
+def test_streamed_rows_kept_once_and_headings_nested() -> None:
+    out = run_all.clean_output(STREAMED)
+    lines = out.splitlines()
+    assert lines.count("| a | 1.0 |") == 1
+    assert lines.count("| loss | ms |") == 1
+    assert "| floor | 0.5 |" in lines
+    assert "### Loss speed, setting line" in lines and "### Table" in lines and "### Targets" in lines
+    assert not any(ln.startswith("# ") or ln.startswith("## ") for ln in lines)
+    assert "\n\n\n" not in out
+    assert run_all.tables_in(out) == ["| loss | ms |\n|---|---:|\n| a | 1.0 |\n| b | 2.0 |\n| floor | 0.5 |"]
+
+
+def test_distinct_tables_both_kept() -> None:
+    out = run_all.clean_output(TWO_TABLES)
+    assert len(run_all.tables_in(out)) == 2
+    assert "| ours | 1 |" in out and "| 10 | 2 |" in out
+
+
+def _result(key: str, stdout: str, rc: int = 0, seconds: float = 3.0) -> object:
+    section = next(s for s in run_all.SECTIONS if s.key == key)
+    return run_all.Result(section, " ".join(section.command(True)), stdout, seconds, rc, "Traceback\nBoom" if rc else "")
+
+
+def test_document_has_header_every_section_command_and_total() -> None:
+    results = [_result("losses", STREAMED), _result("eval", TWO_TABLES, seconds=5.0), _result("index", "", rc=1)]
+    header = run_all.machine_header(True, (8.0, 7.5, 7.0), (9.0, 8.0, 7.1), "1", {"torch": "9.9"}, "2026-01-01 00:00 UTC")
+    doc = run_all.assemble(header, results, quick=True, total_seconds=125.0)
+    assert doc.startswith("# Benchmarks\n")
+    assert "2026-01-01 00:00 UTC" in doc and "torch 9.9" in doc and "8.0, 7.5, 7.0" in doc
+    assert "QUICK" in doc
+    positions = [doc.index(f"## {t}") for t in ("Loss speed", "Evaluation", "Large-scale search")]
+    assert positions == sorted(positions)
+    assert "`python benchmarks/bench_losses.py --threads 1 --clock process --quick`" in doc
+    assert "`python benchmarks/bench_eval.py --quick`" in doc
+    assert "exit code 1" in doc and "Boom" in doc
+    assert "Total run time: 2.1 min (125 s); failed: index." in doc
+    assert doc.count("| a | 1.0 |") == 1
+    assert len(run_all.tables_in(doc)) == 3
+
+
+def test_quick_flag_reaches_every_command() -> None:
+    for section in run_all.SECTIONS:
+        assert section.command(True)[-1] == "--quick"
+        assert "--quick" not in section.command(False)
+        assert (BENCH / section.script).is_file()
+
+
+acc = _load("bench_accuracy_vs_pml")
+
+
+@pytest.mark.parametrize("loss", ["contrastive", "triplet", "multi_similarity"])
+@pytest.mark.parametrize("dataset", ["olivetti", "omniglot", "rsscn7"])
+def test_both_libraries_get_the_same_budget(loss: str, dataset: str, tmp_path: Path) -> None:
+    budget = acc.Budget(steps=37, p=6, k=3, image_size=48, lr=1e-3, seed=5)
+    config, pml = acc.build_configs(loss, dataset, budget, data_dir=tmp_path)
+    assert config.trainer.steps == pml["iterations"] == 37
+    assert config.sampler.p * config.sampler.k == pml["batch_size"] == 18
+    assert config.sampler.k == pml["m_per_class"] == 3
+    assert config.data.image_size == pml["image_size"] == 48
+    assert config.optimizer.lr == pml["lr"] == 1e-3
+    assert config.seed == pml["seed"] == 5
+    # constant learning rate in both: no warm-up or schedule only deepmetric would apply
+    assert config.scheduler.name == "none" and config.scheduler.warmup_steps == 0
+    # no checkpoint selection on the test split, no validation carved only from one side
+    assert config.data.val_fraction == 0.0 and config.data.num_workers == 0
+    assert config.loss.name == acc.LOSSES[loss]["ours"][0]
+    assert str(tmp_path) in str(config.data.root)
+
+
+def test_unknown_names_are_rejected(tmp_path: Path) -> None:
+    budget = acc.Budget(10, 2, 2, 32, 1e-3, 0)
+    with pytest.raises(ValueError, match="unknown loss"):
+        acc.build_configs("arcface", "olivetti", budget, tmp_path)
+    with pytest.raises(ValueError, match="unknown dataset"):
+        acc.build_configs("triplet", "cub", budget, tmp_path)
