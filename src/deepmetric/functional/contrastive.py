@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import FunctionCtx
 
 from deepmetric.errors import ConfigError, InputError, unknown_name_message
 
@@ -32,6 +33,31 @@ def check_reduction(reduction: str) -> None:
     """Raise :class:`ConfigError` unless ``reduction`` is one of :data:`REDUCTIONS`."""
     if reduction not in REDUCTIONS:
         raise ConfigError(unknown_name_message("reduction", reduction, REDUCTIONS))
+
+
+class ClosedFormGradient(torch.autograd.Function):
+    """A loss whose value and gradient w.r.t. its pair matrix were computed without taping.
+
+    ``apply(matrix, value, grad)`` returns ``value`` (a scalar) connected to ``matrix``; the
+    backward pass is the single product ``grad * upstream``. The pair losses use it so that one
+    N x M gradient is stored instead of a long chain of taped N x M element-wise ops. It has no
+    second derivative (``create_graph=True`` raises).
+    """
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, matrix: Tensor, value: Tensor, grad: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(grad)
+        return value.to(matrix.dtype)
+
+    @staticmethod
+    def backward(ctx: FunctionCtx, upstream: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        if torch.is_grad_enabled():
+            raise ConfigError(
+                "this pair loss uses a closed-form gradient without a second derivative; "
+                "backward(create_graph=True) is not supported for it"
+            )
+        (grad,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grad * upstream, None, None
 
 
 def check_pair_inputs(

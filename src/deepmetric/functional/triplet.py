@@ -32,7 +32,18 @@ import torch
 from torch import Tensor
 
 from deepmetric.errors import ConfigError, unknown_name_message
-from deepmetric.functional.contrastive import check_pair_inputs, check_reduction, reduce_masked
+from deepmetric.functional.contrastive import (
+    ClosedFormGradient,
+    check_pair_inputs,
+    check_reduction,
+    reduce_masked,
+)
+
+#: "all" and "semihard" compare each anchor's few positives with its whole row (an N x P x M
+#: comparison, P = most positives of an anchor) while P is at most this; beyond, they sort rows
+MAX_POSITIVES_PER_ROW_COMPARED: int = 32
+#: rows per chunk of the N x P x M comparison: chunk * P * M stays below this many entries
+_CHUNK_ENTRIES: int = 1 << 22
 
 #: mining strategies understood by :func:`triplet_loss`
 MININGS: tuple[str, ...] = ("all", "semihard", "batch_hard")
@@ -50,6 +61,100 @@ def _sorted_negatives(v: Tensor, neg_mask: Tensor) -> tuple[Tensor, Tensor]:
     inf = torch.full_like(v, float("inf"))
     sorted_v, _ = torch.where(neg_mask, v, inf).sort(dim=1)
     return sorted_v, neg_mask.sum(dim=1)
+
+
+def _positive_columns(pos_mask: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Each row's positive columns as an N x P table (P = most positives of a row) and a mask of
+    the real entries, or ``None`` when P exceeds :data:`MAX_POSITIVES_PER_ROW_COMPARED`."""
+    n_pos = int(pos_mask.sum(dim=1).max()) if pos_mask.numel() else 0
+    if n_pos > MAX_POSITIVES_PER_ROW_COMPARED:
+        return None
+    if n_pos == 0:
+        empty = torch.zeros(pos_mask.shape[0], 0, dtype=torch.long, device=pos_mask.device)
+        return empty, empty.bool()
+    cols = pos_mask.to(torch.uint8).topk(n_pos, dim=1, sorted=False).indices
+    return cols, pos_mask.gather(1, cols)
+
+
+def _row_chunks(n: int, per_row: int) -> range:
+    return range(0, n, max(1, _CHUNK_ENTRIES // max(per_row, 1)))
+
+
+def _finish(matrix: Tensor, value: Tensor, grad_v: Tensor, higher_is_closer: bool) -> Tensor:
+    """Attach the closed-form gradient w.r.t. ``v`` (= ``-matrix`` for similarities)."""
+    return ClosedFormGradient.apply(matrix, value, grad_v.neg_() if higher_is_closer else grad_v)
+
+
+def _denominator(total_count: Tensor, active_count: Tensor, reduction: str, dtype: torch.dtype) -> Tensor:
+    if reduction == "sum":
+        return torch.ones((), dtype=dtype, device=total_count.device)
+    denom = (total_count if reduction == "mean" else active_count).to(dtype)
+    return torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+@torch.no_grad()
+def _all_compared(
+    v: Tensor, pos_mask: Tensor, neg_mask: Tensor, cols: Tensor, real: Tensor, margin: float, reduction: str
+) -> tuple[Tensor, Tensor]:
+    r"""Value and gradient (w.r.t. ``v``) of "all" from the N x P x M comparison of each anchor's
+    thresholds :math:`t_{ap} = v_{ap} + m` with its row: triplet (a, p, n) is active when
+    :math:`n \in N_a` and :math:`v_{an} < t_{ap}`; its loss is :math:`t_{ap} - v_{an}`, and it
+    adds +1 to :math:`\partial/\partial v_{ap}` and -1 to :math:`\partial/\partial v_{an}`."""
+    n, m = v.shape
+    p = cols.shape[1]
+    inf = float("inf")
+    total = torch.zeros((), dtype=v.dtype, device=v.device)
+    per_pos = torch.zeros(n, p, dtype=v.dtype, device=v.device)  # active triplets of (a, p)
+    per_neg = torch.zeros(n, m, dtype=v.dtype, device=v.device)  # active triplets of (a, n)
+    # non-negatives at +inf and padding positives at -inf drop out of the clamped hinge
+    v_neg = v.masked_fill(~neg_mask, inf)
+    thresholds = v.gather(1, cols).add_(margin).masked_fill_(~real, -inf)
+    for lo in _row_chunks(n, p * m):
+        hi = min(n, lo + max(1, _CHUNK_ENTRIES // max(p * m, 1)))
+        hinge = (thresholds[lo:hi].unsqueeze(2) - v_neg[lo:hi].unsqueeze(1)).clamp_min_(0.0)
+        active = torch.sign(hinge)  # 1 for an active triplet (t_ap - v_an > 0), else 0
+        total += hinge.sum()
+        per_pos[lo:hi] = active.sum(dim=2)
+        per_neg[lo:hi] = active.sum(dim=1)
+    n_active = per_pos.sum()
+    n_all = (real.sum(dim=1) * neg_mask.sum(dim=1)).sum()
+    denom = _denominator(n_all, n_active, reduction, v.dtype)
+    grad = per_neg.neg_().scatter_add_(1, cols, per_pos).div_(denom)
+    return total / denom, grad
+
+
+@torch.no_grad()
+def _semihard_compared(
+    v: Tensor, pos_mask: Tensor, neg_mask: Tensor, cols: Tensor, real: Tensor, margin: float, reduction: str
+) -> tuple[Tensor, Tensor]:
+    """Value and gradient (w.r.t. ``v``) of "semihard" from the N x P x M comparison: per pair
+    (a, p) the smallest negative :math:`v_{an} > v_{ap}`, else the largest negative."""
+    n, m = v.shape
+    p = cols.shape[1]
+    inf = float("inf")
+    losses = torch.zeros(n, p, dtype=v.dtype, device=v.device)
+    chosen = torch.zeros(n, p, dtype=torch.long, device=v.device)
+    has_neg = neg_mask.any(dim=1)
+    v_neg = v.masked_fill(~neg_mask, inf)
+    for lo in _row_chunks(n, p * m):
+        hi = min(n, lo + max(1, _CHUNK_ENTRIES // max(p * m, 1)))
+        vr, negr = v[lo:hi], neg_mask[lo:hi]
+        vp = vr.gather(1, cols[lo:hi])
+        row = v_neg[lo:hi].unsqueeze(1)
+        # nearest negative strictly farther than the positive (+inf when there is none)
+        near_val, near_idx = torch.where(row > vp.unsqueeze(2), row, inf).min(dim=2)
+        far_idx = vr.masked_fill(~negr, -inf).argmax(dim=1, keepdim=True).expand(-1, p)
+        found = near_val < inf
+        idx = torch.where(found, near_idx, far_idx)
+        chosen[lo:hi] = idx
+        losses[lo:hi] = (vp - vr.gather(1, idx) + margin).clamp_min_(0.0)
+    valid = real & has_neg.unsqueeze(1)
+    losses.mul_(valid)
+    active = losses > 0
+    denom = _denominator(valid.sum(), active.sum(), reduction, v.dtype)
+    w = active.to(v.dtype).div_(denom)
+    grad = torch.zeros_like(v).scatter_add_(1, cols, w).scatter_add_(1, chosen, -w)
+    return losses.sum() / denom, grad
 
 
 def _all_triplets(v: Tensor, pos_mask: Tensor, neg_mask: Tensor, margin: float, reduction: str) -> Tensor:
@@ -128,6 +233,12 @@ def triplet_loss(
     check_mining(mining)
     check_reduction(reduction)
     v = -matrix if higher_is_closer else matrix
+    if mining in ("all", "semihard") and matrix.shape[0] > 0 and matrix.shape[1] > 0:
+        table = _positive_columns(pos_mask)
+        if table is not None:
+            compared = _all_compared if mining == "all" else _semihard_compared
+            value, grad_v = compared(v.detach(), pos_mask, neg_mask, *table, margin, reduction)
+            return _finish(matrix, value, grad_v, higher_is_closer)
     if mining == "all":
         return _all_triplets(v, pos_mask, neg_mask, margin, reduction)
     if mining == "semihard":
