@@ -52,3 +52,34 @@ def test_triplet_compared_path_gradcheck(mining) -> None:
     assert torch.autograd.gradcheck(
         lambda m: triplet_mod.triplet_loss(m, pos, neg, 0.25, mining), (matrix,), eps=1e-6, atol=1e-5
     )
+
+
+def _lifted_inputs(seed: int, labels: list[int]) -> tuple:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.tensor(labels)
+    x = torch.randn(len(labels), 4, generator=g, dtype=torch.float64)
+    dist = torch.cdist(x, x) * 0.5
+    pos, neg = label_masks(y)
+    return dist, pos, neg
+
+
+@pytest.mark.parametrize("labels", [[0, 0, 0, 1, 1, 1, 2, 2, 2], [0, 0, 1, 1, 2], [0, 0, 0, 0]])
+def test_lifted_closed_form_equals_taped(labels) -> None:
+    from deepmetric.functional.lifted import lifted_structure_loss, lifted_structure_loss_taped
+
+    dist, pos, neg = _lifted_inputs(3, labels)
+    fast_in, slow_in = dist.clone().requires_grad_(True), dist.clone().requires_grad_(True)
+    fast, slow = lifted_structure_loss(fast_in, pos, neg, 1.0), lifted_structure_loss_taped(slow_in, pos, neg, 1.0)
+    fast.backward()
+    slow.backward()
+    torch.testing.assert_close(fast, slow)
+    torch.testing.assert_close(fast_in.grad, slow_in.grad)
+    assert torch.isfinite(fast_in.grad).all()
+
+
+def test_lifted_closed_form_gradcheck() -> None:
+    from deepmetric.functional.lifted import lifted_structure_loss
+
+    dist, pos, neg = _lifted_inputs(4, [0, 0, 0, 1, 1, 2, 2, 2])
+    dist.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda d: lifted_structure_loss(d, pos, neg, 1.0), (dist,))

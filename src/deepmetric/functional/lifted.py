@@ -13,6 +13,16 @@ For every positive pair (i, j), with :math:`N_i` the negatives of i:
 Each row's :math:`\log\sum_{k \in N_i} e^{\alpha - d_{ik}}` is one masked log-sum-exp (no
 overflow), and the two rows of a pair are combined with ``logaddexp``: one N x N pass, so a
 batch of 512 takes milliseconds.
+
+**Gradient**, written out (one N x N tensor is stored, nothing is taped): with
+:math:`A_{ij} = [J_{ij}]_+ / |P|` on valid pairs, :math:`\ell_i` the row log-sum-exp,
+:math:`\sigma_{ij} = e^{\ell_i - \mathrm{logaddexp}(\ell_i, \ell_j)}` and
+:math:`q_{ik} = e^{\alpha - d_{ik} - \ell_i}` (the softmax over row i's negatives),
+
+.. math::
+
+    \frac{\partial L}{\partial d_{ik}} = A_{ik}
+      - [k \in N_i]\, q_{ik} \sum_j \big(A_{ij} \sigma_{ij} + A_{ji} \sigma_{ji}\big).
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from deepmetric.functional.contrastive import check_pair_inputs
+from deepmetric.functional.contrastive import ClosedFormGradient, check_pair_inputs
 from deepmetric.functional.npair import masked_logsumexp
 
 
@@ -42,6 +52,13 @@ def lifted_structure_loss(dist: Tensor, pos_mask: Tensor, neg_mask: Tensor, marg
     :math:`|P|`); without any positive pair the loss is 0, connected to the graph.
     """
     check_pair_inputs(dist, pos_mask, neg_mask, square=True, name="dist")
+    value, grad = _lifted_closed_form(dist.detach(), pos_mask, neg_mask, margin)
+    return ClosedFormGradient.apply(dist, value, grad)
+
+
+def lifted_structure_loss_taped(dist: Tensor, pos_mask: Tensor, neg_mask: Tensor, margin: float = 1.0) -> Tensor:
+    """:func:`lifted_structure_loss` taped op by op by autograd (slower; twice differentiable)."""
+    check_pair_inputs(dist, pos_mask, neg_mask, square=True, name="dist")
     row_lse = masked_logsumexp(margin - dist, neg_mask, dim=1)  # -inf where no negative
     has_neg = neg_mask.any(dim=1)
     valid = pos_mask & (has_neg.unsqueeze(1) | has_neg.unsqueeze(0))
@@ -55,3 +72,29 @@ def lifted_structure_loss(dist: Tensor, pos_mask: Tensor, neg_mask: Tensor, marg
     total = torch.where(valid, hinge_sq, zero).sum()
     n_pos = pos_mask.sum().to(dist.dtype)
     return 0.5 * total / torch.where(n_pos > 0, n_pos, torch.ones_like(n_pos))
+
+
+@torch.no_grad()
+def _lifted_closed_form(dist: Tensor, pos_mask: Tensor, neg_mask: Tensor, margin: float) -> tuple[Tensor, Tensor]:
+    """Value and d(loss)/d(dist) of :func:`lifted_structure_loss` (module docstring)."""
+    logits = (margin - dist).masked_fill_(~neg_mask, float("-inf"))
+    row_max = logits.amax(dim=1, keepdim=True)
+    has_neg = neg_mask.any(dim=1)
+    row_max = torch.where(has_neg.unsqueeze(1), row_max, torch.zeros_like(row_max))
+    q = logits.sub_(row_max).exp_()  # 0 off the negatives
+    row_sum = q.sum(dim=1, keepdim=True)
+    q.div_(torch.where(has_neg.unsqueeze(1), row_sum, torch.ones_like(row_sum)))
+    row_lse = row_sum.log_().add_(row_max).squeeze(1)  # -inf where no negative
+    lse_i, lse_j = row_lse.unsqueeze(1), row_lse.unsqueeze(0)
+    valid = pos_mask & (has_neg.unsqueeze(1) | has_neg.unsqueeze(0))
+    # sigma_ij = d logaddexp(l_i, l_j) / d l_i = sigmoid(l_i - l_j); NaN (both -inf) is masked
+    sigma = torch.sigmoid(lse_i - lse_j)
+    hinge = torch.logaddexp(lse_i, lse_j).add_(dist).clamp_min_(0.0).mul_(valid)
+    n_pos = pos_mask.sum().to(dist.dtype)
+    n_pos = torch.where(n_pos > 0, n_pos, torch.ones_like(n_pos))
+    value = 0.5 * hinge.square().sum() / n_pos
+    a = hinge.div_(n_pos)  # A_ij (0 off valid pairs)
+    a_sigma = (a * sigma).nan_to_num_(0.0)  # A_ij sigma_ij; A_ji sigma_ji = A_ji - A_ji sigma_ij^T
+    through_rows = a_sigma.sum(dim=1) + (a - a_sigma).sum(dim=0)
+    grad = a.sub_(q.mul_(through_rows.unsqueeze(1)))
+    return value, grad
