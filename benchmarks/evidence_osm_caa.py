@@ -4,17 +4,26 @@ Compares, with the same backbone, batches and training budget, on zero-shot retr
 classes never seen in training):
 
 * plain contrastive (the same loss with every weight 1: ``use_osm=False, use_caa=False``),
-* OSM only, OSM + cross-entropy (isolates the classifier's own effect), OSM + CAA (+ CE).
+* OSM only, CAA only (contrastive weights + class-aware attention, with its CE-trained
+  classifier), OSM + CAA (+ CE),
+* controls: contrastive + CE and OSM + CE (the classifier's cross-entropy without attention).
 
 Datasets (from ``../shared/data``): Olivetti faces (20 people train / 20 unseen people test) and
 Omniglot small1 (half the characters train, the other half unseen test). Every run goes through
 ``deepmetric.training.fit`` (validation split carved from the training classes, checkpoint
-chosen on it); reported are test Recall@1 and MAP@R of that checkpoint, mean +- std over seeds,
-next to the untrained (pretrained-features) baseline.
+chosen on it); reported are test Recall@1 and MAP@R of that checkpoint and of the last step,
+mean +- std over seeds, next to the untrained-network baseline.
+
+Protocol (``base_config``, shared by evidence_rll.py and evidence_synthesis.py): timm's tiny
+``test_resnet`` trained from scratch (random init: ImageNet features would mask the differences
+between losses), 1-channel 32 px input, 64-d embedding, P x K = 16 x 2 batches, 150 steps,
+validation every 50 steps -- sized so that about 100 runs fit in under an hour on 2 shared CPU
+cores (run with ``OMP_NUM_THREADS=1``; the script also sets one torch thread).
 
     python benchmarks/evidence_osm_caa.py                 # 3 seeds, full budget
     python benchmarks/evidence_osm_caa.py --quick         # a few steps: checks that it runs
     python benchmarks/evidence_osm_caa.py --out runs/ev   # keep run folders (finished runs are reused)
+    python benchmarks/evidence_osm_caa.py --out runs/ev --report-only   # table of finished runs only
 
 The seed also draws the class split, so the spread covers both initialisation and split.
 """
@@ -37,8 +46,11 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 METHODS: dict[str, dict[str, Any]] = {
     "contrastive (plain)": {"name": "osm_caa", "params": {"use_osm": False, "use_caa": False, "ce_weight": 0.0}},
     "OSM": {"name": "osm_caa", "params": {"use_caa": False, "ce_weight": 0.0}},
-    "OSM + CE": {"name": "osm_caa", "params": {"use_caa": False, "ce_weight": 1.0}},
+    "CAA only (+ CE)": {"name": "osm_caa", "params": {"use_osm": False, "use_caa": True, "ce_weight": 1.0}},
     "OSM + CAA (+ CE)": {"name": "osm_caa", "params": {"use_caa": True, "ce_weight": 1.0}},
+    # controls: the classifier's cross-entropy alone, without CAA's attention
+    "contrastive + CE": {"name": "osm_caa", "params": {"use_osm": False, "use_caa": False, "ce_weight": 1.0}},
+    "OSM + CE": {"name": "osm_caa", "params": {"use_caa": False, "ce_weight": 1.0}},
 }
 
 
@@ -62,21 +74,27 @@ def dataset_sections(data_root: Path) -> dict[str, dict[str, Any]]:
     }
 
 
+#: metrics kept per run (test of the selected checkpoint, test of the last step, untrained baseline)
+RUN_METRICS: tuple[str, ...] = ("recall@1", "map@r", "nmi", "f1")
+
+
 def base_config(quick: bool) -> dict[str, Any]:
-    """Everything but data and loss: one backbone and one budget for every method."""
+    """Everything but data and loss: one backbone and one budget for every method (and for the
+    RLL and synthesis evidence). A tiny ResNet from scratch, so that the loss, not ImageNet
+    features, shapes the embedding; P x K = 16 x 2 (K = 2 is what symmetrical synthesis needs)."""
     return {
-        "data": {"image_size": 32 if quick else 64, "num_workers": 0},
-        "sampler": {"p": 8, "k": 5},
-        "model": {"backbone": "tf_efficientnet_lite0", "pretrained": "offline", "embedding_dim": 128},
-        "optimizer": {"name": "adamw", "lr": 1e-3, "backbone_lr_mult": 0.1},
-        "scheduler": {"name": "cosine", "warmup_steps": 2 if quick else 50},
+        "data": {"image_size": 32, "num_workers": 0},
+        "sampler": {"p": 16, "k": 2},
+        "model": {"backbone": "test_resnet", "pretrained": False, "embedding_dim": 64, "in_chans": 1},
+        "optimizer": {"name": "adamw", "lr": 1e-3, "backbone_lr_mult": 1.0},
+        "scheduler": {"name": "cosine", "warmup_steps": 2 if quick else 10},
         "trainer": {
-            "steps": 3 if quick else 600,
-            "eval_every": 0 if quick else 100,
+            "steps": 3 if quick else 150,
+            "eval_every": 0 if quick else 50,
             "checkpoint_every": 1000,
             "log_every": 10,
         },
-        "eval": {"split": "val", "select_metric": "map@r", "k_values": [1, 2, 4, 8], "batch_size": 64},
+        "eval": {"split": "val", "select_metric": "map@r", "k_values": [1, 2, 4, 8], "batch_size": 256},
     }
 
 
@@ -87,8 +105,11 @@ def _merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
-def run_one(config_dict: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Train one configuration (or reuse a finished run folder) and return its metrics summary."""
+def run_one(config_dict: dict[str, Any], run_dir: Path, train: bool = True) -> dict[str, Any] | None:
+    """Train one configuration (or reuse a finished run folder) and return its metrics summary;
+    with ``train=False`` only a finished run is read (None when there is none)."""
+    import torch
+
     from deepmetric.config import load_config
     from deepmetric.training import fit
 
@@ -97,7 +118,14 @@ def run_one(config_dict: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         summary = json.loads(metrics_file.read_text())
         if summary.get("test"):
             return summary
-    return fit(load_config(config_dict), run_dir, progress=False)
+    if not train:
+        return None
+    if run_dir.exists():  # an interrupted run: start it again from scratch
+        import shutil
+
+        shutil.rmtree(run_dir)
+    torch.set_num_threads(1)  # tiny convolutions: extra threads only cost on a shared machine
+    return fit(load_config(config_dict), run_dir, progress=False, report=False)  # no HTML/plots: saves ~10 s a run
 
 
 def run_comparison(
@@ -107,29 +135,30 @@ def run_comparison(
     quick: bool,
     out_dir: Path,
     data_root: Path = SHARED_DATA,
+    train: bool = True,
 ) -> list[dict[str, Any]]:
-    """Every (dataset, method, seed) run; returns one row per run."""
+    """Every (dataset, seed, method) run (seed-major, so an interrupted comparison has every
+    method at the first seeds); returns one row per finished run (``train=False``: only runs
+    already finished in ``out_dir``)."""
     sections = dataset_sections(data_root)
     rows = []
     for dataset in datasets:
-        for method, loss in methods.items():
-            for seed in seeds:
+        for seed in seeds:
+            for method, loss in methods.items():
                 config = _merge(base_config(quick), {"seed": seed, "data": sections[dataset], "loss": dict(loss)})
                 slug = "".join(c if c.isalnum() else "_" for c in method).strip("_")
-                summary = run_one(config, out_dir / dataset / slug / f"seed{seed}")
+                summary = run_one(config, out_dir / dataset / slug / f"seed{seed}", train)
+                if summary is None:
+                    continue
                 baseline = (summary.get("baseline") or {}).get("metrics") or {}
-                rows.append(
-                    {
-                        "dataset": dataset,
-                        "method": method,
-                        "seed": seed,
-                        "recall@1": summary["test"]["recall@1"],
-                        "map@r": summary["test"]["map@r"],
-                        "baseline_recall@1": baseline.get("recall@1"),
-                        "baseline_map@r": baseline.get("map@r"),
-                        "test_step": summary.get("test_step"),
-                    }
-                )
+                last = summary.get("test_last") or summary["test"]
+                row: dict[str, Any] = {"dataset": dataset, "method": method, "seed": seed}
+                for key in RUN_METRICS:
+                    row[key] = summary["test"].get(key)
+                    row[f"last_{key}"] = last.get(key)
+                    row[f"baseline_{key}"] = baseline.get(key)
+                row["test_step"] = summary.get("test_step")
+                rows.append(row)
                 print(
                     f"{dataset:9s} {method:22s} seed {seed}: R@1 {rows[-1]['recall@1']:.4f} "
                     f"MAP@R {rows[-1]['map@r']:.4f} (best step {rows[-1]['test_step']})",
@@ -147,52 +176,68 @@ def _fmt(values: Sequence[float | None]) -> str:
     return f"{statistics.mean(vals):.1f} +- {statistics.stdev(vals):.1f}"
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Mean +- std (over seeds, in %) per dataset and method, plus the untrained baseline."""
-    lines = [
-        "| dataset | method | seeds | Recall@1 (%) | MAP@R (%) |",
-        "|---|---|---|---|---|",
-    ]
+METRIC_NAMES = {"recall@1": "Recall@1", "map@r": "MAP@R", "nmi": "NMI", "f1": "F1"}
+
+
+def markdown_table(
+    rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = ("recall@1", "map@r"), which: str = "test"
+) -> str:
+    """Mean +- std (over seeds, in %) per dataset and method, plus the untrained baseline.
+
+    ``which``: ``"test"`` = the checkpoint chosen on validation, ``"last"`` = the last step."""
+    prefix = "" if which == "test" else f"{which}_"
+    head = " | ".join(f"{METRIC_NAMES.get(m, m)} (%)" for m in metrics)
+    lines = [f"| dataset | method | seeds | {head} |", "|---|---|---|" + "---|" * len(metrics)]
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         mine = [r for r in rows if r["dataset"] == dataset]
-        lines.append(
-            f"| {dataset} | untrained (pretrained features) | {len(set(r['seed'] for r in mine))} | "
-            f"{_fmt(list({r['seed']: r['baseline_recall@1'] for r in mine}.values()))} | "
-            f"{_fmt(list({r['seed']: r['baseline_map@r'] for r in mine}.values()))} |"
-        )
+        base = " | ".join(_fmt(list({r["seed"]: r[f"baseline_{m}"] for r in mine}.values())) for m in metrics)
+        lines.append(f"| {dataset} | untrained network | {len(set(r['seed'] for r in mine))} | {base} |")
         for method in dict.fromkeys(r["method"] for r in mine):
             sel = [r for r in mine if r["method"] == method]
-            lines.append(
-                f"| {dataset} | {method} | {len(sel)} | {_fmt([r['recall@1'] for r in sel])} | "
-                f"{_fmt([r['map@r'] for r in sel])} |"
-            )
+            vals = " | ".join(_fmt([r[f"{prefix}{m}"] for r in sel]) for m in metrics)
+            lines.append(f"| {dataset} | {method} | {len(sel)} | {vals} |")
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None, methods: Mapping[str, Mapping[str, Any]] = METHODS, title: str = "OSM+CAA") -> int:
+def main(
+    argv: Sequence[str] | None = None,
+    methods: Mapping[str, Mapping[str, Any]] = METHODS,
+    title: str = "OSM+CAA",
+    metrics: Sequence[str] = ("recall@1", "map@r"),
+) -> int:
     parser = argparse.ArgumentParser(description=f"{title} evidence on Olivetti and Omniglot (zero-shot retrieval)")
     parser.add_argument("--quick", action="store_true", help="a few steps and one seed: checks the script runs")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2; --quick: 0)")
     parser.add_argument("--datasets", nargs="+", default=["olivetti", "omniglot"], choices=["olivetti", "omniglot"])
     parser.add_argument("--out", type=Path, default=None, help="run folders (default: a temporary folder)")
     parser.add_argument("--data-root", type=Path, default=SHARED_DATA)
+    parser.add_argument("--report-only", action="store_true", help="no training: table of the runs finished in --out")
+    parser.add_argument("--methods", nargs="+", default=None, choices=list(methods), metavar="METHOD",
+                        help=f"only these methods (default: all of {', '.join(map(repr, methods))})")
     args = parser.parse_args(argv)
+    if args.methods is not None:
+        methods = {name: methods[name] for name in args.methods}
     if not args.data_root.is_dir():
         print(f"data folder {args.data_root} not found; pass --data-root", file=sys.stderr)
         return 2
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
     out = args.out if args.out is not None else Path(tempfile.mkdtemp(prefix="deepmetric_evidence_"))
-    rows = run_comparison(methods, args.datasets, seeds, args.quick, out, args.data_root)
+    rows = run_comparison(methods, args.datasets, seeds, args.quick, out, args.data_root, train=not args.report_only)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "evidence.json").write_text(json.dumps(rows, indent=2))
     budget = base_config(args.quick)
     print(
         f"\n### {title}: zero-shot retrieval, test classes unseen in training\n\n"
-        f"Backbone {budget['model']['backbone']} (offline ImageNet weights), {budget['data']['image_size']} px, "
-        f"{budget['model']['embedding_dim']}-d, P x K = {budget['sampler']['p']} x {budget['sampler']['k']}, "
-        f"{budget['trainer']['steps']} steps, checkpoint chosen on a validation split of the training classes "
-        f"(MAP@R); test metrics mean +- std over seeds {seeds}.{' QUICK RUN: not evidence.' if args.quick else ''}\n"
+        f"Backbone {budget['model']['backbone']} from scratch (random init), {budget['model']['in_chans']}-channel "
+        f"{budget['data']['image_size']} px, {budget['model']['embedding_dim']}-d, P x K = {budget['sampler']['p']} x "
+        f"{budget['sampler']['k']}, {budget['trainer']['steps']} steps (AdamW lr {budget['optimizer']['lr']}, cosine), "
+        f"validation every {budget['trainer']['eval_every']} steps on classes carved from the training classes; "
+        f"test metrics mean +- std over seeds {seeds}.{' QUICK RUN: not evidence.' if args.quick else ''}\n"
     )
-    print(markdown_table(rows))
+    print("Checkpoint chosen on validation MAP@R (the untrained step 0 is a candidate):\n")
+    print(markdown_table(rows, metrics))
+    print("\nLast step (no selection):\n")
+    print(markdown_table(rows, metrics, which="last"))
     print(f"\nrun folders: {out}")
     return 0
 
