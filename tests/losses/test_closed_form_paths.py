@@ -83,3 +83,44 @@ def test_lifted_closed_form_gradcheck() -> None:
     dist, pos, neg = _lifted_inputs(4, [0, 0, 0, 1, 1, 2, 2, 2])
     dist.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda d: lifted_structure_loss(d, pos, neg, 1.0), (dist,))
+
+
+def _cosine_inputs(seed: int, labels: list[int], dtype: torch.dtype = torch.float64) -> tuple:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.normalize(torch.randn(len(labels), 5, generator=g, dtype=torch.float64), dim=1)
+    pos, neg = label_masks(torch.tensor(labels))
+    return (x @ x.T).to(dtype), pos, neg
+
+
+@pytest.mark.parametrize("labels", [[0, 0, 0, 1, 1, 1, 2, 2, 2], [0, 0, 1, 2, 2], [1, 1, 1]])
+@pytest.mark.parametrize("alpha", [40.0, 70.0])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("per_positive", [True, False])
+def test_angular_closed_form_equals_taped(monkeypatch, labels, alpha, dtype, per_positive) -> None:
+    import deepmetric.functional.angular as angular_mod
+    from deepmetric.functional.angular import angular_loss, angular_loss_taped
+
+    if not per_positive:  # force the dense N x N matrix-product form
+        monkeypatch.setattr(angular_mod, "PER_POSITIVE_MAX_ENTRIES", -1)
+
+    sim, pos, neg = _cosine_inputs(5, labels, dtype)
+    fast_in, slow_in = sim.clone().requires_grad_(True), sim.clone().requires_grad_(True)
+    fast, slow = angular_loss(fast_in, pos, neg, alpha), angular_loss_taped(slow_in, pos, neg, alpha)
+    fast.backward()
+    slow.backward()
+    assert fast.dtype == dtype and fast_in.grad.dtype == dtype
+    torch.testing.assert_close(fast, slow)
+    torch.testing.assert_close(fast_in.grad, slow_in.grad)
+
+
+@pytest.mark.parametrize("per_positive", [True, False])
+def test_angular_closed_form_gradcheck(monkeypatch, per_positive) -> None:
+    import deepmetric.functional.angular as angular_mod
+    from deepmetric.functional.angular import angular_loss
+
+    if not per_positive:
+        monkeypatch.setattr(angular_mod, "PER_POSITIVE_MAX_ENTRIES", -1)
+
+    sim, pos, neg = _cosine_inputs(6, [0, 0, 0, 1, 1, 2, 2, 2])
+    sim.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda s: angular_loss(s, pos, neg, 45.0), (sim,))

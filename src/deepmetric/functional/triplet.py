@@ -63,7 +63,7 @@ def _sorted_negatives(v: Tensor, neg_mask: Tensor) -> tuple[Tensor, Tensor]:
     return sorted_v, neg_mask.sum(dim=1)
 
 
-def _positive_columns(pos_mask: Tensor) -> tuple[Tensor, Tensor] | None:
+def positive_columns(pos_mask: Tensor) -> tuple[Tensor, Tensor] | None:
     """Each row's positive columns as an N x P table (P = most positives of a row) and a mask of
     the real entries, or ``None`` when P exceeds :data:`MAX_POSITIVES_PER_ROW_COMPARED`."""
     n_pos = int(pos_mask.sum(dim=1).max()) if pos_mask.numel() else 0
@@ -234,7 +234,7 @@ def triplet_loss(
     check_reduction(reduction)
     v = -matrix if higher_is_closer else matrix
     if mining in ("all", "semihard") and matrix.shape[0] > 0 and matrix.shape[1] > 0:
-        table = _positive_columns(pos_mask)
+        table = positive_columns(pos_mask)
         if table is not None:
             compared = _all_compared if mining == "all" else _semihard_compared
             value, grad_v = compared(v.detach(), pos_mask, neg_mask, *table, margin, reduction)
