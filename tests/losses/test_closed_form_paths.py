@@ -124,3 +124,33 @@ def test_angular_closed_form_gradcheck(monkeypatch, per_positive) -> None:
     sim, pos, neg = _cosine_inputs(6, [0, 0, 0, 1, 1, 2, 2, 2])
     sim.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda s: angular_loss(s, pos, neg, 45.0), (sim,))
+
+
+@pytest.mark.parametrize("squared", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "mean_active", "sum"])
+@pytest.mark.parametrize("square", [True, False])
+def test_contrastive_closed_form_equals_taped(squared, reduction, square) -> None:
+    from deepmetric.functional.contrastive import contrastive_loss
+
+    dist, pos, neg = _lifted_inputs(7, [0, 0, 0, 1, 1, 2, 2, 2])
+    if not square:
+        dist, pos, neg = dist[:5], pos[:5], neg[:5]
+    fast_in, slow_in = dist.clone().requires_grad_(True), dist.clone().requires_grad_(True)
+    kwargs = dict(pos_margin=0.2, neg_margin=0.9, squared=squared, reduction=reduction)
+    fast = contrastive_loss(fast_in, pos, neg, **kwargs)
+    # unit weights take the taped weighted path: the same loss
+    slow = contrastive_loss(slow_in, pos, neg, pos_weight=torch.ones_like(dist), **kwargs)
+    fast.backward()
+    slow.backward()
+    torch.testing.assert_close(fast, slow)
+    torch.testing.assert_close(fast_in.grad, slow_in.grad)
+
+
+def test_contrastive_closed_form_gradcheck() -> None:
+    from deepmetric.functional.contrastive import contrastive_loss
+
+    dist, pos, neg = _lifted_inputs(8, [0, 0, 0, 1, 1, 2, 2, 2])
+    dist.requires_grad_(True)
+    assert torch.autograd.gradcheck(
+        lambda d: contrastive_loss(d, pos, neg, pos_margin=0.1, neg_margin=1.0, squared=True), (dist,)
+    )

@@ -193,7 +193,48 @@ def contrastive_loss(
     :math:`[1 - d_{ij}]_+` over negative pairs (each unordered pair counted once for a symmetric
     matrix).
     """
+    if pos_weight is None and neg_weight is None:
+        check_pair_inputs(dist, pos_mask, neg_mask, name="dist")
+        check_reduction(reduction)
+        value, grad = _contrastive_closed_form(
+            dist.detach(), pos_mask, neg_mask, pos_margin, neg_margin, squared, reduction
+        )
+        return ClosedFormGradient.apply(dist, value, grad)
     pos_term, neg_term = weighted_contrastive(
         dist, pos_mask, neg_mask, pos_weight, neg_weight, pos_margin, neg_margin, squared, reduction
     )
     return pos_term + neg_term
+
+
+@torch.no_grad()
+def _contrastive_closed_form(
+    dist: Tensor,
+    pos_mask: Tensor,
+    neg_mask: Tensor,
+    pos_margin: float,
+    neg_margin: float,
+    squared: bool,
+    reduction: str,
+) -> tuple[Tensor, Tensor]:
+    r"""Value and d(loss)/d(dist) of the unweighted :func:`contrastive_loss`, without taping:
+    :math:`\partial L / \partial d = p\,[d - m_+]_+^{p-1} / D_P` on positive pairs and
+    :math:`-p\,[m_- - d]_+^{p-1} / D_N` on negative pairs (:math:`D` the reduction's denominator)."""
+    pos = (dist - pos_margin).clamp_min_(0.0).mul_(pos_mask)
+    neg = (neg_margin - dist).clamp_min_(0.0).mul_(neg_mask)
+    pos_active, neg_active = torch.sign(pos), torch.sign(neg)
+
+    def denominator(mask: Tensor, active: Tensor) -> Tensor:
+        if reduction == "sum":
+            half = dist.shape[0] == dist.shape[1]
+            return torch.full((), 2.0 if half else 1.0, dtype=dist.dtype, device=dist.device)
+        count = (mask.sum() if reduction == "mean" else active.sum()).to(dist.dtype)
+        return torch.where(count > 0, count, torch.ones_like(count))
+
+    pos_denom, neg_denom = denominator(pos_mask, pos_active), denominator(neg_mask, neg_active)
+    if squared:
+        value = pos.square().sum() / pos_denom + neg.square().sum() / neg_denom
+        grad = pos.mul_(2.0 / pos_denom).sub_(neg.mul_(2.0 / neg_denom))
+    else:
+        value = pos.sum() / pos_denom + neg.sum() / neg_denom
+        grad = pos_active.div_(pos_denom).sub_(neg_active.div_(neg_denom))
+    return value, grad
