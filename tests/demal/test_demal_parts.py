@@ -25,7 +25,10 @@ def test_mixed_attention_shapes_and_maps():
     x = torch.randn(2, 32, 9, 11)
     y = block(x)
     assert y.shape == x.shape and block.last_spatial_map.shape == (2, 1, 9, 11)
-    assert ((block.last_spatial_map > 0) & (block.last_spatial_map < 1)).all()
+    torch.testing.assert_close(y, x)  # a freshly inserted block is the identity
+    torch.nn.init.normal_(block.spatial.conv.weight, std=0.05)
+    block(x)
+    assert ((block.last_spatial_map > 0) & (block.last_spatial_map < 2)).all()
     with pytest.raises(ValueError, match="odd"):
         SpatialAttention(4)
 

@@ -133,6 +133,9 @@ def project_2d(embeddings: np.ndarray, method: str = "auto", seed: int = 0) -> t
 
     x = np.asarray(embeddings, dtype=np.float64)
     n = x.shape[0]
+    spread = float(np.abs(x - x.mean(axis=0, keepdims=True)).max()) if n else 0.0
+    if spread < 1e-9:  # all embeddings equal (a collapsed model): nothing to project, and t-SNE can crash
+        return np.zeros((n, 2)), "none (all embeddings are identical)"
     if method == "auto":
         method = "tsne" if n >= 40 else "pca"
     if x.shape[1] > 50 and n > 50:

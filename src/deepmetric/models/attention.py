@@ -9,6 +9,11 @@ learning for skin lesion classification in dermoscopy images", Complex & Intelli
   a shared two-layer MLP with hidden size C / reduction; :math:`F' = M_c \\odot F`;
 * spatial attention: :math:`M_s = \\sigma(\\mathrm{conv}_{k \\times k}([\\mathrm{mean}_c F'; \\max_c F']))`;
   :math:`F'' = M_s \\odot F'`.
+
+One deviation, for insertion into pretrained networks: each gate is :math:`2\\sigma(\\cdot)`
+(range (0, 2)) and the last layer of each gate starts at zero, so a freshly inserted block is
+the identity. Plain CBAM gates start near 0.5 each, which quarters the pretrained activations
+after a block and, with frozen BatchNorm statistics downstream, can silence the features.
 """
 
 from __future__ import annotations
@@ -20,17 +25,19 @@ from torch import Tensor, nn
 
 
 class ChannelAttention(nn.Module):
-    """Rescale channels by sigmoid(MLP(avg-pool) + MLP(max-pool))."""
+    """Rescale channels by 2 sigmoid(MLP(avg-pool) + MLP(max-pool))."""
 
     def __init__(self, channels: int, reduction: int = 16) -> None:
         super().__init__()
         hidden = max(1, channels // reduction)
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
         self.last_map: Tensor | None = None
 
     def weights(self, x: Tensor) -> Tensor:
-        """Channel weights ``(B, C)`` in (0, 1)."""
-        return torch.sigmoid(self.mlp(x.mean(dim=(2, 3))) + self.mlp(x.amax(dim=(2, 3))))
+        """Channel weights ``(B, C)`` in (0, 2); exactly 1 at initialisation."""
+        return 2.0 * torch.sigmoid(self.mlp(x.mean(dim=(2, 3))) + self.mlp(x.amax(dim=(2, 3))))
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weights(x)
@@ -39,18 +46,20 @@ class ChannelAttention(nn.Module):
 
 
 class SpatialAttention(nn.Module):
-    """Rescale positions by sigmoid(conv_kxk([channel mean; channel max]))."""
+    """Rescale positions by 2 sigmoid(conv_kxk([channel mean; channel max]))."""
 
     def __init__(self, kernel_size: int = 7) -> None:
         super().__init__()
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd, got {kernel_size}")
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2)
+        nn.init.zeros_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
         self.last_map: Tensor | None = None
 
     def weights(self, x: Tensor) -> Tensor:
-        """Spatial weights ``(B, 1, H, W)`` in (0, 1)."""
-        return torch.sigmoid(self.conv(torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)))
+        """Spatial weights ``(B, 1, H, W)`` in (0, 2); exactly 1 at initialisation."""
+        return 2.0 * torch.sigmoid(self.conv(torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)))
 
     def forward(self, x: Tensor) -> Tensor:
         w = self.weights(x)
