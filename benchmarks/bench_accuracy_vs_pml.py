@@ -23,7 +23,7 @@ Olivetti faces (20 / 20 people), Omniglot (half of the characters unseen), RSSCN
 Usage::
 
     python benchmarks/bench_accuracy_vs_pml.py           # 3 losses x 3 datasets x 3 seeds
-    python benchmarks/bench_accuracy_vs_pml.py --quick   # 1 seed, Olivetti, 30 steps
+    python benchmarks/bench_accuracy_vs_pml.py --quick   # 1 seed, Olivetti, 20 steps
     python benchmarks/bench_accuracy_vs_pml.py --datasets olivetti --seeds 0 --steps 100
 
 pytorch-metric-learning is used only here; the library never imports it.
@@ -203,7 +203,7 @@ def _fmt(values: list[float], digits: int = 3) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="1 seed, Olivetti, 30 steps")
+    ap.add_argument("--quick", action="store_true", help="1 seed, Olivetti, 20 steps")
     ap.add_argument("--losses", nargs="+", default=list(LOSSES), choices=list(LOSSES))
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -215,7 +215,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     if args.quick:
-        args.seeds, args.datasets, args.steps = [0], ["olivetti"], 30
+        args.seeds, args.datasets, args.steps = [0], ["olivetti"], 20
     torch.set_num_threads(args.threads)
     if not DATA.is_dir():
         print(f"no data at {DATA}; nothing to run")
