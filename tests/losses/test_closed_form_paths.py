@@ -154,3 +154,37 @@ def test_contrastive_closed_form_gradcheck() -> None:
     assert torch.autograd.gradcheck(
         lambda d: contrastive_loss(d, pos, neg, pos_margin=0.1, neg_margin=1.0, squared=True), (dist,)
     )
+
+
+@pytest.mark.parametrize("with_y", [False, True])
+def test_euclidean_closed_form_equals_taped_distances(with_y) -> None:
+    from deepmetric.functional.contrastive import euclidean_distances_closed_form
+    from deepmetric.functional.distances import euclidean_distance_matrix
+
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    x[4] = x[1]  # a duplicate: zero distance, zero (never NaN) gradient
+    y = torch.cat([torch.randn(3, 3, generator=g, dtype=torch.float64), x[:1]]) if with_y else None
+    upstream = torch.randn(6, 4 if with_y else 6, generator=g, dtype=torch.float64)
+    grads = []
+    for fn in (euclidean_distances_closed_form, euclidean_distance_matrix):
+        xi = x.clone().requires_grad_(True)
+        yi = y.clone().requires_grad_(True) if with_y else None
+        out = fn(xi, yi)
+        (out * upstream).sum().backward()
+        grads.append((out.detach(), xi.grad, yi.grad if with_y else None))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(grads[0][1], grads[1][1])
+    if with_y:
+        torch.testing.assert_close(grads[0][2], grads[1][2])
+    assert torch.isfinite(grads[0][1]).all()
+
+
+def test_euclidean_closed_form_gradcheck() -> None:
+    from deepmetric.functional.contrastive import euclidean_distances_closed_form
+
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(4, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a: euclidean_distances_closed_form(a), (x,))
+    assert torch.autograd.gradcheck(euclidean_distances_closed_form, (x, y))
