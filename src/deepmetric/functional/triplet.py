@@ -136,15 +136,20 @@ def _semihard_compared(
     chosen = torch.zeros(n, p, dtype=torch.long, device=v.device)
     has_neg = neg_mask.any(dim=1)
     v_neg = v.masked_fill(~neg_mask, inf)
+    big = torch.finfo(v.dtype).max
     for lo in _row_chunks(n, p * m):
         hi = min(n, lo + max(1, _CHUNK_ENTRIES // max(p * m, 1)))
         vr, negr = v[lo:hi], neg_mask[lo:hi]
         vp = vr.gather(1, cols[lo:hi])
-        row = v_neg[lo:hi].unsqueeze(1)
-        # nearest negative strictly farther than the positive (+inf when there is none)
-        near_val, near_idx = torch.where(row > vp.unsqueeze(2), row, inf).min(dim=2)
+        # gap v_an - v_ap to each negative (+inf for non-negatives); a gap <= 0 (not strictly
+        # farther) is clamped to 0 and then lifted to ``big``, so the row minimum is the nearest
+        # strictly farther negative, or >= ``big`` when there is none (plain arithmetic, which
+        # is much faster than a broadcast ``where``/``masked_fill`` on CPU)
+        gap = (v_neg[lo:hi].unsqueeze(1) - vp.unsqueeze(2)).clamp_min_(0.0)
+        gap.add_(torch.sign(gap).sub_(1.0).mul_(-big))
+        near_gap, near_idx = gap.min(dim=2)
         far_idx = vr.masked_fill(~negr, -inf).argmax(dim=1, keepdim=True).expand(-1, p)
-        found = near_val < inf
+        found = near_gap < big
         idx = torch.where(found, near_idx, far_idx)
         chosen[lo:hi] = idx
         losses[lo:hi] = (vp - vr.gather(1, idx) + margin).clamp_min_(0.0)
