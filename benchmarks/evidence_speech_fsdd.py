@@ -31,6 +31,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="two targets, n = 1 and 5, short training")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=150, help="target-only training steps")
+    parser.add_argument("--pretrain-steps", type=int, default=400)
+    parser.add_argument("--finetune-steps", type=int, default=100)
+    parser.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64])
+    parser.add_argument("--embedding-dim", type=int, default=64)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.time()
@@ -38,8 +43,9 @@ def main() -> None:
     speakers = sorted(set(data.speakers))
     targets = speakers[:2] if args.quick else speakers
     n_values = (1, 5) if args.quick else (1, 5, 10)
-    settings = SpeechTrainSettings(steps=60 if args.quick else 150)
-    pretrain, finetune = (100, 40) if args.quick else (400, 100)
+    settings = SpeechTrainSettings(steps=60 if args.quick else args.steps, channels=tuple(args.channels),
+                                   embedding_dim=args.embedding_dim)
+    pretrain, finetune = (100, 40) if args.quick else (args.pretrain_steps, args.finetune_steps)
     rows = []
     for target in targets:
         rows += run_transfer(data, target, n_values, args.seed, settings=settings,
@@ -49,7 +55,9 @@ def main() -> None:
     for r in rows:
         table[(r["setting"], r["n"])].append(r["accuracy"])
     settings_order = sorted({r["setting"] for r in rows})
-    print(f"\nWord accuracy on held-out target utterances (%), mean +- std over {len(targets)} target speakers, seed {args.seed}\n")
+    print(f"\nWord accuracy on held-out target utterances (%), mean +- std over {len(targets)} target speakers, "
+          f"seed {args.seed}; CNN channels {settings.channels}, {settings.embedding_dim}-d; steps: target-only "
+          f"{settings.steps}, pre-train {pretrain}, fine-tune {finetune}\n")
     print("| setting | " + " | ".join(f"n = {n}" for n in n_values) + " |")
     print("|---|" + "---|" * len(n_values))
     for s in settings_order:
