@@ -8,7 +8,7 @@ and reports the recall of the approximate index against exact search at build ti
 Choosing the kind (``kind="auto"``): exact ``flat`` search up to 50,000 items (a query is a
 matrix-vector product, milliseconds at that size); ``hnsw`` (Malkov & Yashunin, TPAMI 2018;
 graph search, high recall, no training) up to 2,000,000; ``ivf`` (inverted lists with
-nlist = 4 sqrt(N) coarse centroids, k-means trained on a sample) beyond, where HNSW's graph
+nlist = 4 sqrt(N) coarse centroids, k-means trained on 64 points per list) beyond, where HNSW's graph
 would dominate memory.
 """
 
@@ -150,7 +150,7 @@ def build_index(
             raise ConfigError(f"nlist={lists} exceeds the {n} items; lower nlist")
         index = faiss.IndexIVFFlat(faiss.IndexFlat(dim, fmetric), dim, lists, fmetric)
         rng = np.random.default_rng(seed)
-        sample = x[rng.choice(n, size=min(n, 256 * lists), replace=False)]
+        sample = x[rng.choice(n, size=min(n, 64 * lists), replace=False)]  # faiss wants >= 39 per list
         index.train(sample)
         index.nprobe = min(nprobe, lists)
     index.add(x)
