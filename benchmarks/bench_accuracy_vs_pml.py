@@ -49,7 +49,7 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 #: our loss (registry name, kwargs) and PML's counterpart (loss, miner) per method; the pairs are
 #: the ones benchmarks/bench_losses.py checks to give the same values on the same batch
 LOSSES: dict[str, dict[str, Any]] = {
-    "contrastive": {"ours": ("contrastive", {}), "pml": "ContrastiveLoss()", "miner": None},
+    "contrastive": {"ours": ("contrastive", {"reduction": "mean_active"}), "pml": "ContrastiveLoss()", "miner": None},
     "triplet": {
         "ours": ("triplet", {"mining": "all", "margin": 0.2, "reduction": "mean_active"}),
         "pml": "TripletMarginLoss(margin=0.2)",
