@@ -42,6 +42,9 @@ class PairLoss(MetricLoss):
     """
 
     metric: ClassVar[str] = "euclidean"
+    #: use Euclidean distances with the hand-written backward pass (same values, one matrix
+    #: product less; no second derivative): set by losses whose matrix_loss is closed-form too
+    closed_form_distances: ClassVar[bool] = False
 
     @property
     def higher_is_closer(self) -> bool:
@@ -50,6 +53,10 @@ class PairLoss(MetricLoss):
 
     def pair_matrix(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The loss's pair matrix of ``x`` against ``y`` (or against itself)."""
+        if self.closed_form_distances and self.metric == "euclidean":
+            from deepmetric.functional.contrastive import euclidean_distances_closed_form
+
+            return euclidean_distances_closed_form(x, y)
         return pairwise_matrix(x, y, self.metric)
 
     def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:

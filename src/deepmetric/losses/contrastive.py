@@ -10,7 +10,6 @@ from deepmetric.errors import ConfigError
 from deepmetric.functional.contrastive import (
     check_reduction,
     contrastive_loss,
-    euclidean_distances_closed_form,
 )
 from deepmetric.losses.base import PairLoss
 
@@ -42,6 +41,8 @@ class ContrastiveLoss(PairLoss):
     A batch without positive (or negative) pairs gives 0 for that term, never NaN.
     """
 
+    closed_form_distances = True
+
     metric: ClassVar[str] = "euclidean"
 
     def __init__(
@@ -66,13 +67,6 @@ class ContrastiveLoss(PairLoss):
         self.neg_margin = float(neg_margin)
         self.squared = bool(squared)
         self.reduction = reduction
-
-    def pair_matrix(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Euclidean distances with the closed-form backward pass (same values as the base
-        class's; see :func:`deepmetric.functional.contrastive.euclidean_distances_closed_form`)."""
-        if self.metric == "euclidean":
-            return euclidean_distances_closed_form(x, y)
-        return super().pair_matrix(x, y)
 
     def matrix_loss(self, matrix: Tensor, pos_mask: Tensor, neg_mask: Tensor) -> Tensor:
         return contrastive_loss(

@@ -6,7 +6,6 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from deepmetric.functional.contrastive import euclidean_distances_closed_form
 from deepmetric.functional.lifted import lifted_structure_loss
 from deepmetric.losses.base import PairLoss
 
@@ -30,18 +29,13 @@ class LiftedStructureLoss(PairLoss):
     positive pair, or with one class only, gives 0, never NaN.
     """
 
+    closed_form_distances = True
+
     metric: ClassVar[str] = "euclidean"
 
     def __init__(self, margin: float = 1.0) -> None:
         super().__init__()
         self.margin = float(margin)
-
-    def pair_matrix(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Euclidean distances with the closed-form backward pass (same values as the base
-        class's; see :func:`deepmetric.functional.contrastive.euclidean_distances_closed_form`)."""
-        if self.metric == "euclidean":
-            return euclidean_distances_closed_form(x, y)
-        return super().pair_matrix(x, y)
 
     def matrix_loss(self, matrix: Tensor, pos_mask: Tensor, neg_mask: Tensor) -> Tensor:
         return lifted_structure_loss(matrix, pos_mask, neg_mask, self.margin)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from deepmetric.errors import ConfigError, unknown_name_message
-from deepmetric.functional.contrastive import check_reduction, euclidean_distances_closed_form
+from deepmetric.functional.contrastive import check_reduction
 from deepmetric.functional.triplet import check_mining, triplet_loss
 from deepmetric.losses.base import PairLoss
 
@@ -41,6 +41,8 @@ class TripletLoss(PairLoss):
     without any triplet (one class, or all labels distinct) gives 0, never NaN.
     """
 
+    closed_form_distances = True
+
     def __init__(
         self,
         margin: float = 0.2,
@@ -61,13 +63,6 @@ class TripletLoss(PairLoss):
         # follow the chosen metric
         self.metric = metric  # type: ignore[misc]
         self.reduction = reduction
-
-    def pair_matrix(self, x: Tensor, y: Tensor | None = None) -> Tensor:
-        """Euclidean distances with the closed-form backward pass (same values as the base
-        class's; see :func:`deepmetric.functional.contrastive.euclidean_distances_closed_form`)."""
-        if self.metric == "euclidean":
-            return euclidean_distances_closed_form(x, y)
-        return super().pair_matrix(x, y)
 
     def matrix_loss(self, matrix: Tensor, pos_mask: Tensor, neg_mask: Tensor) -> Tensor:
         return triplet_loss(
