@@ -158,7 +158,7 @@ def test_contrastive_closed_form_gradcheck() -> None:
 
 @pytest.mark.parametrize("with_y", [False, True])
 def test_euclidean_closed_form_equals_taped_distances(with_y) -> None:
-    from deepmetric.functional.contrastive import euclidean_distances_closed_form
+    from deepmetric.functional.closed_form import euclidean_distances_closed_form
     from deepmetric.functional.distances import euclidean_distance_matrix
 
     g = torch.Generator().manual_seed(9)
@@ -181,7 +181,7 @@ def test_euclidean_closed_form_equals_taped_distances(with_y) -> None:
 
 
 def test_euclidean_closed_form_gradcheck() -> None:
-    from deepmetric.functional.contrastive import euclidean_distances_closed_form
+    from deepmetric.functional.closed_form import euclidean_distances_closed_form
 
     g = torch.Generator().manual_seed(10)
     x = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)

@@ -48,7 +48,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from deepmetric.errors import ConfigError
-from deepmetric.functional.contrastive import ClosedFormGradient, check_pair_inputs, reduce_masked
+from deepmetric.functional.closed_form import ClosedFormGradient
+from deepmetric.functional.reductions import reduce_masked
+from deepmetric.functional.validation import check_pair_inputs
 from deepmetric.functional.triplet import positive_columns
 
 #: the per-positive path is used while (most positives of an anchor) x N x N stays below this

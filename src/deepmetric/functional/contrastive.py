@@ -13,153 +13,19 @@ with :math:`p = 2` when ``squared`` else :math:`p = 1`. The paper's form is ``po
 :func:`weighted_contrastive`). The function returns the positive and the negative term
 separately, so a caller can mix them (e.g. :math:`(1-\lambda) L_P + \lambda L_N`).
 
-This module also holds the small helpers the other pair losses share: input checks and the
-reduction of a masked matrix of per-pair (or per-triplet-group) losses.
+The helpers the pair losses share live in :mod:`~deepmetric.functional.validation` (input
+checks), :mod:`~deepmetric.functional.reductions` (masked reductions) and
+:mod:`~deepmetric.functional.closed_form` (hand-written backward passes).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.autograd.function import FunctionCtx
 
-from deepmetric.errors import ConfigError, InputError, unknown_name_message
-
-#: reductions understood by :func:`reduce_masked`
-REDUCTIONS: tuple[str, ...] = ("mean", "mean_active", "sum")
-
-
-def check_reduction(reduction: str) -> None:
-    """Raise :class:`ConfigError` unless ``reduction`` is one of :data:`REDUCTIONS`."""
-    if reduction not in REDUCTIONS:
-        raise ConfigError(unknown_name_message("reduction", reduction, REDUCTIONS))
-
-
-class ClosedFormGradient(torch.autograd.Function):
-    """A loss whose value and gradient w.r.t. its pair matrix were computed without taping.
-
-    ``apply(matrix, value, grad)`` returns ``value`` (a scalar) connected to ``matrix``; the
-    backward pass is the single product ``grad * upstream``. The pair losses use it so that one
-    N x M gradient is stored instead of a long chain of taped N x M element-wise ops. It has no
-    second derivative (``create_graph=True`` raises).
-    """
-
-    @staticmethod
-    def forward(ctx: FunctionCtx, matrix: Tensor, value: Tensor, grad: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(grad)
-        return value.to(matrix.dtype)
-
-    @staticmethod
-    def backward(ctx: FunctionCtx, upstream: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        if torch.is_grad_enabled():
-            raise ConfigError(
-                "this pair loss uses a closed-form gradient without a second derivative; "
-                "backward(create_graph=True) is not supported for it"
-            )
-        (grad,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        return grad * upstream, None, None
-
-
-class _EuclideanDistances(torch.autograd.Function):
-    r"""Forward: :func:`deepmetric.functional.euclidean_distance_matrix` (same values). Backward,
-    written out: with :math:`G` the upstream gradient and
-    :math:`H = G / (2 d)` where :math:`d^2 > 10^{-16}` (else 0, as ``safe_sqrt``),
-    :math:`\partial/\partial x = 2\,\mathrm{diag}(H 1) x - 2 H y` and
-    :math:`\partial/\partial y = 2\,\mathrm{diag}(H^\top 1) y - 2 H^\top x`; for
-    :math:`y = x` both are summed into ONE matrix product :math:`(H + H^\top) x`."""
-
-    @staticmethod
-    def forward(ctx: FunctionCtx, x: Tensor, y: Tensor | None) -> Tensor:  # type: ignore[override]
-        from deepmetric.functional.distances import euclidean_distance_matrix
-
-        dist = euclidean_distance_matrix(x, y)
-        ctx.save_for_backward(x, y if y is not None else x, dist)
-        ctx.same = y is None
-        return dist
-
-    @staticmethod
-    def backward(ctx: FunctionCtx, upstream: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        if torch.is_grad_enabled():
-            raise ConfigError(
-                "the closed-form Euclidean distance gradient has no second derivative; use "
-                "deepmetric.functional.euclidean_distance_matrix for backward(create_graph=True)"
-            )
-        x, y, dist = ctx.saved_tensors  # type: ignore[attr-defined]
-        # safe_sqrt gives d = 0 exactly where d^2 <= 1e-16 (and there a zero gradient)
-        h = torch.where(dist > 0, upstream * 0.5 / dist, torch.zeros_like(dist))
-        if ctx.same:  # type: ignore[attr-defined]
-            h = h + h.T
-            grad_x = x * h.sum(dim=1, keepdim=True).mul_(2.0) - (h @ x).mul_(2.0)
-            return grad_x, None
-        grad_x = x * h.sum(dim=1, keepdim=True).mul_(2.0) - (h @ y).mul_(2.0)
-        grad_y = y * h.sum(dim=0).unsqueeze(1).mul_(2.0) - (h.T @ x).mul_(2.0)
-        return grad_x, grad_y
-
-
-def euclidean_distances_closed_form(x: Tensor, y: Tensor | None = None) -> Tensor:
-    """:func:`deepmetric.functional.euclidean_distance_matrix` (identical values) with a
-    hand-written backward pass: one matrix product instead of the two of the taped Gram matrix,
-    and no taped element-wise chain. Once differentiable only."""
-    return _EuclideanDistances.apply(x, y)
-
-
-def check_pair_inputs(
-    matrix: Tensor, pos_mask: Tensor, neg_mask: Tensor, square: bool = False, name: str = "matrix"
-) -> None:
-    """Raise :class:`InputError` unless ``matrix`` is a 2-D float tensor and both masks are
-    boolean tensors of the same shape (and, with ``square``, the matrix is N x N)."""
-    if matrix.dim() != 2 or not matrix.is_floating_point():
-        raise InputError(
-            f"{name} must be a 2-D float pair matrix, got shape {tuple(matrix.shape)} and dtype "
-            f"{matrix.dtype}; build it with deepmetric.functional.pairwise_matrix"
-        )
-    for mask_name, mask in (("pos_mask", pos_mask), ("neg_mask", neg_mask)):
-        if mask.shape != matrix.shape or mask.dtype != torch.bool:
-            raise InputError(
-                f"{mask_name} must be a boolean tensor of the {name}'s shape {tuple(matrix.shape)}, "
-                f"got shape {tuple(mask.shape)} and dtype {mask.dtype}; "
-                "build the masks with deepmetric.functional.label_masks"
-            )
-    if square and matrix.shape[0] != matrix.shape[1]:
-        raise InputError(
-            f"this loss needs a square N x N {name} of the batch against itself (it reads rows of "
-            f"positives), got shape {tuple(matrix.shape)}; pass the self-comparison matrix"
-        )
-
-
-def reduce_masked(
-    losses: Tensor,
-    mask: Tensor,
-    reduction: str = "mean",
-    weight: Tensor | None = None,
-    count: Tensor | None = None,
-    active_count: Tensor | None = None,
-) -> Tensor:
-    r"""Reduce the entries of ``losses`` selected by ``mask`` to a scalar.
-
-    * ``"mean"``: :math:`\sum w \ell / \sum w` over the selected entries (the plain mean when
-      ``weight`` is ``None``);
-    * ``"mean_active"``: the same, but the denominator only counts entries with :math:`\ell > 0`;
-    * ``"sum"``: :math:`\sum w \ell`.
-
-    ``count`` / ``active_count`` override the denominators (for entries that stand for several
-    terms, e.g. one anchor-positive pair summing over its negatives). An empty denominator gives
-    0 with a zero gradient that stays connected to the graph (never NaN).
-    """
-    check_reduction(reduction)
-    w = mask.to(losses.dtype) if weight is None else weight.to(losses.dtype) * mask
-    # ``where`` keeps unselected entries out of the sum even when they are not finite.
-    total = torch.where(mask, losses * w, torch.zeros_like(losses)).sum()
-    if reduction == "sum":
-        return total
-    if reduction == "mean":
-        denom = w.sum() if count is None else count.to(losses.dtype)
-    else:
-        denom = (w * (losses > 0)).sum() if active_count is None else active_count.to(losses.dtype)
-    # An empty denominator means every selected term is 0 (no entry, zero weight or no active
-    # entry), so dividing by 1 instead returns that 0 without a host sync or a NaN.
-    return total / torch.where(denom > 0, denom, torch.ones_like(denom))
-
+from deepmetric.functional.closed_form import ClosedFormGradient
+from deepmetric.functional.reductions import check_reduction, reduce_masked
+from deepmetric.functional.validation import check_pair_inputs
 
 def contrastive_pair_losses(
     dist: Tensor, pos_margin: float = 0.0, neg_margin: float = 1.0, squared: bool = False

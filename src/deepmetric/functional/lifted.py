@@ -30,7 +30,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from deepmetric.functional.contrastive import ClosedFormGradient, check_pair_inputs
+from deepmetric.functional.closed_form import ClosedFormGradient
+from deepmetric.functional.validation import check_pair_inputs
 from deepmetric.functional.npair import masked_logsumexp
 
 

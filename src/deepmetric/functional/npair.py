@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from deepmetric.functional.contrastive import check_pair_inputs, reduce_masked
+from deepmetric.functional.reductions import reduce_masked
+from deepmetric.functional.validation import check_pair_inputs
 
 
 def masked_logsumexp(x: Tensor, mask: Tensor, dim: int = -1) -> Tensor:

@@ -36,7 +36,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from deepmetric.errors import ConfigError, InputError
+from deepmetric.errors import ConfigError
+from deepmetric.functional.validation import check_pair_inputs
 
 VARIANTS = ("cvpr", "tpami")
 
@@ -86,11 +87,7 @@ def ranked_list_weights(
     t_p: float = 0.0,
 ) -> RankedListWeights:
     """Non-trivial sets and normalised constant weights for every query (row) of ``dist``."""
-    if dist.dim() != 2 or pos_mask.shape != dist.shape or neg_mask.shape != dist.shape:
-        raise InputError(
-            f"dist and masks must be N x M with equal shapes, got {tuple(dist.shape)}, "
-            f"{tuple(pos_mask.shape)}, {tuple(neg_mask.shape)}; build masks with label_masks"
-        )
+    check_pair_inputs(dist, pos_mask, neg_mask, name="dist")
     with torch.no_grad():
         d = dist.detach()
         pos_set = pos_mask & (d > alpha - margin)

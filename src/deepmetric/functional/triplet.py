@@ -32,12 +32,9 @@ import torch
 from torch import Tensor
 
 from deepmetric.errors import ConfigError, unknown_name_message
-from deepmetric.functional.contrastive import (
-    ClosedFormGradient,
-    check_pair_inputs,
-    check_reduction,
-    reduce_masked,
-)
+from deepmetric.functional.closed_form import ClosedFormGradient
+from deepmetric.functional.reductions import check_reduction, reduce_masked
+from deepmetric.functional.validation import check_pair_inputs
 
 #: "all" and "semihard" compare each anchor's few positives with its whole row (an N x P x M
 #: comparison, P = most positives of an anchor) while P is at most this; beyond, they sort rows

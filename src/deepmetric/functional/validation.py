@@ -39,3 +39,27 @@ def check_embeddings(embeddings: Tensor, labels: Tensor | None = None, name: str
         )
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise InputError(f"labels must be an integer tensor, got {labels.dtype}")
+
+
+def check_pair_inputs(
+    matrix: Tensor, pos_mask: Tensor, neg_mask: Tensor, square: bool = False, name: str = "matrix"
+) -> None:
+    """Raise :class:`InputError` unless ``matrix`` is a 2-D float tensor and both masks are
+    boolean tensors of the same shape (and, with ``square``, the matrix is N x N)."""
+    if matrix.dim() != 2 or not matrix.is_floating_point():
+        raise InputError(
+            f"{name} must be a 2-D float pair matrix, got shape {tuple(matrix.shape)} and dtype "
+            f"{matrix.dtype}; build it with deepmetric.functional.pairwise_matrix"
+        )
+    for mask_name, mask in (("pos_mask", pos_mask), ("neg_mask", neg_mask)):
+        if mask.shape != matrix.shape or mask.dtype != torch.bool:
+            raise InputError(
+                f"{mask_name} must be a boolean tensor of the {name}'s shape {tuple(matrix.shape)}, "
+                f"got shape {tuple(mask.shape)} and dtype {mask.dtype}; "
+                "build the masks with deepmetric.functional.label_masks"
+            )
+    if square and matrix.shape[0] != matrix.shape[1]:
+        raise InputError(
+            f"this loss needs a square N x N {name} of the batch against itself (it reads rows of "
+            f"positives), got shape {tuple(matrix.shape)}; pass the self-comparison matrix"
+        )

@@ -54,7 +54,7 @@ class PairLoss(MetricLoss):
     def pair_matrix(self, x: Tensor, y: Tensor | None = None) -> Tensor:
         """The loss's pair matrix of ``x`` against ``y`` (or against itself)."""
         if self.closed_form_distances and self.metric == "euclidean":
-            from deepmetric.functional.contrastive import euclidean_distances_closed_form
+            from deepmetric.functional.closed_form import euclidean_distances_closed_form
 
             return euclidean_distances_closed_form(x, y)
         return pairwise_matrix(x, y, self.metric)

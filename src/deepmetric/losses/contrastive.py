@@ -7,10 +7,8 @@ from typing import ClassVar
 from torch import Tensor
 
 from deepmetric.errors import ConfigError
-from deepmetric.functional.contrastive import (
-    check_reduction,
-    contrastive_loss,
-)
+from deepmetric.functional.contrastive import contrastive_loss
+from deepmetric.functional.reductions import check_reduction
 from deepmetric.losses.base import PairLoss
 
 

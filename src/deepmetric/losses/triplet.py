@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from deepmetric.errors import ConfigError, unknown_name_message
-from deepmetric.functional.contrastive import check_reduction
+from deepmetric.functional.reductions import check_reduction
 from deepmetric.functional.triplet import check_mining, triplet_loss
 from deepmetric.losses.base import PairLoss
 
