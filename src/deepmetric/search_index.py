@@ -3,7 +3,8 @@
 ``deepmetric index`` builds one from an embeddings ``.npz`` (see :mod:`deepmetric.embeddings_io`)
 and reports the recall of the approximate index against exact search at build time;
 ``deepmetric search INDEX QUERY...`` queries it (the index file in place of an embeddings
-file). The index file is faiss's own format; a JSON sidecar (``<index>.json``) records the kind, metric and the gallery's labels and paths.
+file). The index file is faiss's own format; a JSON sidecar (``<index>.json``) records the
+kind, metric and the gallery's labels and paths.
 
 Choosing the kind (``kind="auto"``): exact ``flat`` search up to 50,000 items (a query is a
 matrix-vector product, milliseconds at that size); ``hnsw`` (Malkov & Yashunin, TPAMI 2018;
