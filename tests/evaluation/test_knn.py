@@ -58,19 +58,34 @@ def tied_data(n: int, metric: str, seed: int = 0) -> torch.Tensor:
     return x
 
 
+@pytest.fixture(params=["plain", "blocked-32", "blocked-64"])
+def search_path(request, monkeypatch):
+    """Run a test through the plain chunked path or the blocked, pruned CPU path.
+
+    The blocked path normally starts at 2048-item galleries; here its blocks are made tiny (32
+    or 64, so that several blocks, a ragged last block and both candidate routes are used).
+    """
+    if request.param != "plain":
+        from deepmetric.evaluation import blocked_knn, knn
+
+        monkeypatch.setattr(knn, "BLOCKED_MIN_GALLERY", 0)
+        monkeypatch.setattr(blocked_knn, "DEFAULT_BLOCK", int(request.param.split("-")[1]))
+    return request.param
+
+
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 @pytest.mark.parametrize("chunk_size", [1, 5, None])
-def test_leave_one_out_matches_reference_with_ties(metric, chunk_size):
-    x = tied_data(30, metric)
+def test_leave_one_out_matches_reference_with_ties(metric, chunk_size, search_path):
+    x = tied_data(150, metric)
     idx, score = knn_search(x, k=9, metric=metric, chunk_size=chunk_size)
-    ref_idx, ref_score = reference_knn(x, x, 9, metric, exclude=list(range(30)))
+    ref_idx, ref_score = reference_knn(x, x, 9, metric, exclude=list(range(150)))
     assert torch.equal(idx, ref_idx)
     assert torch.allclose(score.double(), ref_score, atol=1e-6)
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-def test_query_gallery_mode_matches_reference_with_ties(metric):
-    x = tied_data(40, metric, seed=1)
+def test_query_gallery_mode_matches_reference_with_ties(metric, search_path):
+    x = tied_data(140, metric, seed=1)
     q, g = x[:12], x[12:]
     idx, score = knn_search(q, g, k=7, metric=metric, chunk_size=4)
     ref_idx, ref_score = reference_knn(q, g, 7, metric)
@@ -79,25 +94,26 @@ def test_query_gallery_mode_matches_reference_with_ties(metric):
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-def test_query_ids_exclude_the_given_gallery_position(metric):
-    x = tied_data(25, metric, seed=2)
-    q = x[[3, 7, 20]]
-    ids = torch.tensor([3, -1, 20])
+def test_query_ids_exclude_the_given_gallery_position(metric, search_path):
+    x = tied_data(125, metric, seed=2)
+    q = x[[3, 7, 20, 100]]
+    ids = torch.tensor([3, -1, 20, 100])
     idx, _ = knn_search(q, x, k=6, metric=metric, query_ids=ids)
-    ref_idx, _ = reference_knn(q, x, 6, metric, exclude=[3, -1, 20])
+    ref_idx, _ = reference_knn(q, x, 6, metric, exclude=[3, -1, 20, 100])
     assert torch.equal(idx, ref_idx)
-    assert 3 not in idx[0].tolist() and 20 not in idx[2].tolist()
+    assert 3 not in idx[0].tolist() and 20 not in idx[2].tolist() and 100 not in idx[3].tolist()
 
 
-def test_all_tied_rows_pick_lowest_indices():
-    x = torch.ones(10, 4)
-    idx, score = knn_search(x, k=3, metric="euclidean")
-    for i in range(10):
-        assert idx[i].tolist() == [j for j in range(10) if j != i][:3]
-    assert torch.all(score == 0)
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_all_tied_rows_pick_lowest_indices(metric, search_path):
+    x = torch.ones(100, 4)
+    idx, score = knn_search(x, k=3, metric=metric)
+    for i in range(100):
+        assert idx[i].tolist() == [j for j in range(100) if j != i][:3]
+    assert torch.all(score == (0 if metric == "euclidean" else 1))
 
 
-def test_leave_one_out_excludes_by_index_not_value():
+def test_leave_one_out_excludes_by_index_not_value(search_path):
     x = torch.randn(20, 5, generator=torch.Generator().manual_seed(3))
     x[9] = x[4]
     idx, score = knn_search(x, k=1, metric="euclidean")
@@ -106,11 +122,28 @@ def test_leave_one_out_excludes_by_index_not_value():
     assert score[4, 0] == 0
 
 
-def test_self_never_returned_at_largest_k():
+def test_self_never_returned_at_largest_k(search_path):
     x = torch.randn(15, 3, generator=torch.Generator().manual_seed(4))
     idx, _ = knn_search(x, k=14, metric="cosine", chunk_size=4)
     for i in range(15):
         assert sorted(idx[i].tolist()) == [j for j in range(15) if j != i]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("gallery", ["self", "other"])
+def test_blocked_path_agrees_with_plain_path_on_continuous_data(metric, gallery, monkeypatch):
+    """Float32 Gaussian data over many blocks: the pruned search loses no true neighbour."""
+    from deepmetric.evaluation import blocked_knn, knn
+
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(700, 12, generator=g)
+    other = None if gallery == "self" else torch.randn(900, 12, generator=g)
+    plain = knn_search(x, other, k=12, metric=metric)
+    monkeypatch.setattr(knn, "BLOCKED_MIN_GALLERY", 0)
+    monkeypatch.setattr(blocked_knn, "DEFAULT_BLOCK", 64)
+    blocked = knn_search(x, other, k=12, metric=metric)
+    assert torch.equal(blocked.indices, plain.indices)
+    assert torch.allclose(blocked.scores, plain.scores, atol=1e-5)
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])

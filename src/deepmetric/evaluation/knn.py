@@ -1,7 +1,12 @@
 """k-nearest-neighbour search: exact (chunked torch) or approximate (faiss), one interface.
 
-The exact backend never builds the full Q x G matrix: it streams chunks of queries against the
-whole gallery, so peak memory is bounded by ``chunk_size x G`` scores plus the Q x k result.
+The exact backend never builds the full Q x G matrix. On the CPU in float32 (galleries of
+``BLOCKED_MIN_GALLERY`` items or more, ``k <= 256``) it works in 2048 x 2048 score blocks with
+threshold pruning, and a leave-one-out search uses the symmetry of the scores to compute each
+block once (:mod:`deepmetric.evaluation.blocked_knn`): memory is one block plus the Q x k result.
+Otherwise (GPU, float64, small galleries, large k) it streams chunks of queries against the whole
+gallery, so peak memory is bounded by ``chunk_size x G`` scores plus the Q x k result. Both paths
+return the same neighbours under the tie rule below.
 
 Ordering and ties (exact backend, documented and tested):
     neighbours are sorted best first (highest cosine similarity, or smallest Euclidean
@@ -27,6 +32,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from deepmetric.errors import ConfigError, InputError, unknown_name_message
+from deepmetric.evaluation import blocked_knn
+from deepmetric.evaluation.blocked_knn import blocked_search, symmetric_search
 from deepmetric.functional import check_embeddings
 
 KNN_METRICS = ("cosine", "euclidean")
@@ -35,6 +42,9 @@ FAISS_INDEXES = ("flat", "ivf", "hnsw")
 
 #: Default memory budget of one chunk's score matrix, in elements (2**25 float32 = 128 MiB).
 DEFAULT_CHUNK_ELEMENTS = 2**25
+#: Galleries at least this large use the blocked, pruned CPU search (:mod:`.blocked_knn`);
+#: smaller ones take the plain path (one chunk, nothing to prune).
+BLOCKED_MIN_GALLERY = 2048
 
 
 class KnnResult(NamedTuple):
@@ -140,6 +150,67 @@ def _topk_lowest_index_ties(key: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 def _exact_search(
+    queries: Tensor,
+    gallery: Tensor,
+    k: int,
+    metric: str,
+    exclude: Tensor | None,
+    chunk_size: int,
+    symmetric: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Exact search: blocked and pruned on the CPU in float32, plain chunks + topk otherwise.
+
+    ``symmetric``: the gallery IS the query set and ``exclude`` is None or the identity, so
+    the blocked path may use score symmetry.
+    """
+    if _use_blocked(gallery, k):
+        return _blocked_exact_search(queries, gallery, k, metric, exclude, symmetric)
+    return _chunked_exact_search(queries, gallery, k, metric, exclude, chunk_size)
+
+
+def _use_blocked(gallery: Tensor, k: int) -> bool:
+    return (
+        gallery.device.type == "cpu"
+        and gallery.dtype != torch.float64
+        and gallery.shape[0] >= BLOCKED_MIN_GALLERY
+        # larger k: most of a block's scores are candidates, pruning cannot pay
+        and k <= blocked_knn.DEFAULT_BLOCK // 8
+    )
+
+
+def _augment(x: Tensor, metric: str, side: str) -> Tensor:
+    """Vectors whose dot product is the ranking score (larger = nearer).
+
+    cosine: unit vectors. Euclidean: ``[x, |x|^2, 1] . [2y, -1, -|y|^2] = -|x - y|^2``.
+    """
+    if metric == "cosine":
+        return F.normalize(x, p=2, dim=1).contiguous()
+    sq = (x * x).sum(dim=1, keepdim=True)
+    ones = torch.ones_like(sq)
+    parts = [x, sq, ones] if side == "left" else [2.0 * x, -ones, -sq]
+    return torch.cat(parts, dim=1).contiguous()
+
+
+def _blocked_exact_search(
+    queries: Tensor, gallery: Tensor, k: int, metric: str, exclude: Tensor | None, symmetric: bool
+) -> tuple[Tensor, Tensor]:
+    q = queries.to(torch.float32)
+    if symmetric:
+        if metric == "cosine":
+            vectors, sq_norms = F.normalize(q, p=2, dim=1).contiguous(), None
+        else:
+            vectors, sq_norms = q.contiguous(), (q * q).sum(dim=1)
+        idx, vals = symmetric_search(vectors, k, exclude is not None, sq_norms)
+    else:
+        left = _augment(q, metric, "left")
+        right = _augment(gallery.to(torch.float32), metric, "right")
+        idx, vals = blocked_search(left, right, k, exclude)
+    if metric == "euclidean":
+        vals = (-vals).clamp_min(0.0).sqrt()
+    return idx, vals
+
+
+def _chunked_exact_search(
     queries: Tensor,
     gallery: Tensor,
     k: int,
@@ -291,8 +362,9 @@ def knn_search(
             when ``gallery`` is None, else False; True needs Q == G.
         query_ids: alternative to ``exclude_self``: ``query_ids[i]`` is the gallery position
             of query ``i``'s own item, excluded from its neighbours (``-1``: exclude nothing).
-        chunk_size: queries per chunk of the exact search (memory ~ chunk_size x G scores);
-            default :func:`default_chunk_size` (about 128 MiB of float32 scores).
+        chunk_size: queries per chunk of the plain exact path (memory ~ chunk_size x G scores);
+            default :func:`default_chunk_size` (about 128 MiB of float32 scores). The blocked
+            CPU path uses fixed 2048 x 2048 blocks instead.
         backend: ``"exact"`` (torch, any device, deterministic ties) or ``"faiss"``
             (CPU; ``pip install "deepmetric[faiss]"``).
         faiss_index: ``"flat"`` (exact), ``"ivf"`` (IVF-Flat, ``nlist`` lists, ``nprobe``
@@ -347,7 +419,10 @@ def knn_search(
         val = torch.empty(0, k, dtype=dtype, device=q.device)
     elif backend == "exact":
         with torch.no_grad():
-            idx, val = _exact_search(q.detach(), g.detach(), k, metric, exclude, int(chunk_size))
+            symmetric = gallery_is_queries and query_ids is None
+            idx, val = _exact_search(
+                q.detach(), g.detach(), k, metric, exclude, int(chunk_size), symmetric
+            )
     else:
         idx, val = _faiss_search(
             q, g, k, metric, exclude, faiss_index, nlist, nprobe, hnsw_m, ef_search
