@@ -51,6 +51,7 @@ class Case:
     pml: str = ""
     note: str = ""
     with_classes: bool = False  # the loss owns per-class parameters
+    same_loss_as_pml: bool = True  # False: a different (documented) variant, not held to "as fast as PML"
 
 
 CASES: list[Case] = [
@@ -72,9 +73,15 @@ CASES: list[Case] = [
          "GeneralizedLiftedStructureLoss is Hermans et al.'s per-anchor variant, another loss); "
          "PML builds a |pos pairs| x |neg pairs| matrix, so it is skipped where that exceeds "
          "--pml-memory-gb"),
-    Case("n-pair", "npair", {"l2_reg": 0.0}, "NPairsLoss()",
-         "ours (l2_reg=0 here, as PML has no penalty) uses every positive pair of a P x K batch; "
-         "PML keeps one pair per class, so values differ and PML does less work"),
+    Case("n-pair (one pair per class)", "npair", {"l2_reg": 0.0, "pairs": "one_per_class"},
+         "NPairsLoss()",
+         "Sohn's own construction in both: the first two samples of each class form its pair, "
+         "a P x P softmax over the other pairs' positives (l2_reg=0 here, as PML has no penalty)"),
+    Case("n-pair (all pairs)", "npair", {"l2_reg": 0.0, "pairs": "all"}, "NPairsLoss()",
+         "our P x K generalisation (the default): every positive pair against every negative, "
+         "so it computes the whole N x N matrix where PML keeps one pair per class; a different "
+         "loss, shown for its cost, not held to the as-fast-as-PML target",
+         same_loss_as_pml=False),
     Case("angular", "angular", {"alpha_degrees": 40.0}, "AngularLoss(alpha=40)", ""),
     Case("multi-similarity", "multi_similarity", {}, "MultiSimilarityLoss() + MultiSimilarityMiner(0.1)",
          "the paper's pair mining in both"),
@@ -307,6 +314,7 @@ def main() -> None:
                 "ours_ms": med["ours"], "pml_ms": med.get("pml"), "floor_ms": med["floor"],
                 "pml_over_ours": ratio, "ours_over_floor": med["ours"] / med["floor"],
                 "values_agree": agree, "pml": case.pml, "note": note or case.note,
+                "same_loss_as_pml": case.same_loss_as_pml,
                 "repeats": {k: len(v) for k, v in times.items()},
             }
             rows.append(row)
@@ -328,7 +336,8 @@ def main() -> None:
         print("\nNotes on the PML counterparts:\n" + "\n".join(notes))
     print("\n## Targets\n")
     for row in rows:
-        slower = row["pml_over_ours"] is not None and row["pml_over_ours"] < 1.0
+        slower = (row["same_loss_as_pml"] and row["pml_over_ours"] is not None
+                  and row["pml_over_ours"] < 1.0)
         over_floor = (row["n"], row["dim"]) == (512, 512) and row["ours_over_floor"] > 2.0
         if slower or over_floor:
             why = []

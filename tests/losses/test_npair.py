@@ -120,3 +120,56 @@ def test_build_loss_and_bad_config():
         build_loss("npair", l2reg=0.1)
     with pytest.raises(ConfigError):
         NPairLoss(l2_reg=-1.0)
+
+
+def loop_npair_one_per_class(x, labels):
+    """Sohn's N-pair-mc by hand: first two samples of each class form its pair."""
+    members: dict[int, list[int]] = {}
+    for i, c in enumerate(labels.tolist()):
+        members.setdefault(c, []).append(i)
+    pairs = [(m[0], m[1]) for _, m in sorted(members.items()) if len(m) >= 2]
+    terms = []
+    for i, (a, p) in enumerate(pairs):
+        s_ap = (x[a] * x[p]).sum()
+        inner = torch.ones((), dtype=x.dtype)
+        for j, (_, p_j) in enumerate(pairs):
+            if j != i:
+                inner = inner + torch.exp((x[a] * x[p_j]).sum() - s_ap)
+        terms.append(torch.log(inner))
+    return torch.stack(terms).mean() if terms else x.sum() * 0
+
+
+@pytest.mark.parametrize("l2_reg", [0.0, 0.02])
+def test_one_per_class_value_and_gradient_match_loop(l2_reg):
+    g = torch.Generator().manual_seed(7)
+    labels = torch.tensor([2, 0, 1, 2, 0, 3, 1, 2, 4, 0])  # shuffled; class 3 and 4 singletons
+    x = torch.randn(10, 4, generator=g, dtype=torch.float64)
+    a = x.clone().requires_grad_(True)
+    ours = NPairLoss(l2_reg=l2_reg, pairs="one_per_class")(a, labels)
+    ours.backward()
+    b = x.clone().requires_grad_(True)
+    ref = loop_npair_one_per_class(b, labels) + l2_reg * (b**2).sum() / 10
+    ref.backward()
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-10)
+    assert torch.allclose(a.grad, b.grad, atol=1e-10)
+    # the pure function of (matrix, masks) gives the same value as the fast path
+    pos, neg = label_masks(labels)
+    loss_fn = NPairLoss(l2_reg=0.0, pairs="one_per_class")
+    via_matrix = loss_fn.matrix_loss(x @ x.T, pos, neg)
+    assert via_matrix.item() == pytest.approx(loop_npair_one_per_class(x, labels).item(), rel=1e-10)
+
+
+def test_one_per_class_gradcheck_and_edges():
+    x, labels = batch(seed=5, sizes=(2, 3, 2))
+    loss_fn = NPairLoss(l2_reg=0.0, pairs="one_per_class")
+    assert torch.autograd.gradcheck(lambda e: loss_fn(e, labels), (x.clone().requires_grad_(True),))
+    for lab in (torch.arange(7), torch.zeros(7, dtype=torch.long)):  # no pair / one pair only
+        a = x.clone().requires_grad_(True)
+        v = loss_fn(a, lab)
+        v.backward()
+        assert v.item() == 0.0 and torch.all(a.grad == 0)
+    with pytest.raises(ConfigError, match="pairs"):
+        NPairLoss(pairs="one_per_batch")
+    pos, neg = label_masks(labels, labels[:3])
+    with pytest.raises(ConfigError, match="square"):
+        loss_fn.matrix_loss(x @ x[:3].T, pos, neg)

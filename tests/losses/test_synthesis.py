@@ -325,6 +325,7 @@ BASE_LOSSES = [
     ("triplet", {"mining": "semihard"}),
     ("lifted_structure", {}),
     ("npair", {}),
+    ("npair", {"pairs": "one_per_class"}),
     ("angular", {}),
 ]
 

@@ -12,6 +12,16 @@ anchor-positive pair, and its negatives :math:`N_a` are *all* samples whose labe
 the anchor's (every True entry of row a of ``neg_mask``). For a batch of N/2 classes x 2 this is
 the paper's loss with twice as many negatives and both members of a pair taking the anchor role.
 
+**The paper's construction** (:func:`npair_class_pairs_loss`): one anchor-positive pair per
+class (the class's first and second sample in batch order), and as negatives of anchor
+:math:`i` the positives :math:`f_j^+` of the other pairs:
+
+.. math::
+
+    L = \frac{1}{P} \sum_{i=1}^{P} \log\Big(1 + \sum_{j \ne i}
+        \exp(f_i^\top f_j^+ - f_i^\top f_i^+)\Big)
+      = \frac{1}{P} \sum_i \mathrm{CE}\big(\mathrm{softmax}_j(f_i^\top f_j^+),\ i\big).
+
 Also holds :func:`masked_logsumexp`, the NaN-free masked log-sum-exp the log-sum-exp losses
 (N-pair, angular, lifted structure) share.
 """
@@ -22,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from deepmetric.errors import InputError
 from deepmetric.functional.reductions import reduce_masked
 from deepmetric.functional.validation import check_pair_inputs
 
@@ -50,6 +61,43 @@ def npair_loss(sim: Tensor, pos_mask: Tensor, neg_mask: Tensor) -> Tensor:
     # log(1 + sum_n exp(s_an - s_ap)) = softplus(lse_n(s_an) - s_ap)
     losses = F.softplus(lse_neg.unsqueeze(1) - sim)
     return reduce_masked(losses, pos_mask, "mean")
+
+
+def class_pair_indices(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """(anchor, positive) indices: the first and second sample of every class with two or more
+    samples, in batch order, classes in ascending label order."""
+    order = torch.argsort(labels, stable=True)
+    _, counts = torch.unique_consecutive(labels[order], return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    starts = starts[counts >= 2]
+    return order[starts], order[starts + 1]
+
+
+def class_pairs_from_mask(pos_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`class_pair_indices` read off a square same-label mask (diagonal False): an anchor
+    is a row with a positive but none at a lower column; its positive is its first one."""
+    n = pos_mask.shape[0]
+    cols = torch.arange(pos_mask.shape[1], device=pos_mask.device)
+    earlier = pos_mask & (cols.unsqueeze(0) < torch.arange(n, device=pos_mask.device).unsqueeze(1))
+    anchors = torch.nonzero(pos_mask.any(dim=1) & ~earlier.any(dim=1)).flatten()
+    positives = pos_mask[anchors].to(torch.uint8).argmax(dim=1)  # first True
+    return anchors, positives
+
+
+def npair_class_pairs_loss(sim_anchor_positive: Tensor) -> Tensor:
+    r"""The paper's N-pair-mc loss from the P x P matrix :math:`s_{ij} = f_i^\top f_j^+`
+    (row i = anchor of pair i, column j = positive of pair j): mean cross-entropy with target
+    i on row i. No pair (P = 0) gives 0, connected to the graph; one pair gives 0."""
+    if sim_anchor_positive.dim() != 2 or sim_anchor_positive.shape[0] != sim_anchor_positive.shape[1]:
+        raise InputError(
+            "npair_class_pairs_loss needs the square P x P anchor-by-positive similarity "
+            f"matrix, got shape {tuple(sim_anchor_positive.shape)}"
+        )
+    n_pairs = sim_anchor_positive.shape[0]
+    if n_pairs == 0:
+        return sim_anchor_positive.sum()
+    targets = torch.arange(n_pairs, device=sim_anchor_positive.device)
+    return F.cross_entropy(sim_anchor_positive, targets)
 
 
 def l2_penalty(embeddings: Tensor, weight: float) -> Tensor:

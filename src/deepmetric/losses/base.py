@@ -45,6 +45,10 @@ class PairLoss(MetricLoss):
     #: use Euclidean distances with the hand-written backward pass (same values, one matrix
     #: product less; no second derivative): set by losses whose matrix_loss is closed-form too
     closed_form_distances: ClassVar[bool] = False
+    #: True when a subclass overrides ``compute`` only to compute the same value as
+    #: ``matrix_loss(pair_matrix(x), masks) + regularizer(x)`` more cheaply (wrappers such as
+    #: symmetrical synthesis may then call ``matrix_loss`` directly)
+    compute_is_matrix_loss: ClassVar[bool] = False
 
     @property
     def higher_is_closer(self) -> bool:

@@ -84,7 +84,7 @@ class SymmetricalSynthesis(MetricLoss):
                 "implement matrix_loss(matrix, pos_mask, neg_mask); implement it or drop "
                 "`loss.synthesis`"
             )
-        if type(base_loss).compute is not PairLoss.compute:
+        if type(base_loss).compute is not PairLoss.compute and not base_loss.compute_is_matrix_loss:
             raise ConfigError(
                 f"symmetrical synthesis cannot wrap {type(base_loss).__name__}: it computes more "
                 "than matrix_loss(matrix, pos_mask, neg_mask) + regularizer(embeddings) (its own "
