@@ -225,7 +225,7 @@ class EvalConfig(_Section):
     k_values: list[int] = Field(default_factory=lambda: [1, 2, 4, 8], description="K of Recall@K")
     metric: Literal["cosine", "euclidean"] = Field("cosine", description="similarity for k-NN retrieval")
     backend: Literal["exact", "faiss"] = Field(
-        "exact", description="k-NN backend: exact (torch, chunked) or faiss (needs faiss installed)"
+        "exact", description="k-NN backend: exact (torch, blocked on CPU) or faiss (needs faiss installed)"
     )
     select_metric: str = Field("map@r", description="metric that chooses checkpoints/best.pt")
     select_mode: Literal["max", "min"] = Field("max", description="whether a larger select_metric is better")
