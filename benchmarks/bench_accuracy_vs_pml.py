@@ -262,7 +262,7 @@ def main() -> None:
           f"image {args.image_size} px, AdamW lr {args.lr} (backbone x0.1), constant lr, {args.threads} thread(s), "
           f"num_workers 0, pytorch-metric-learning {pytorch_metric_learning.__version__}, torch {torch.__version__}; "
           f"trainer for PML: MetricLossOnly; mean ± std over seeds; total {total:.0f} s. Wall: deepmetric = fit's time "
-          f"minus its two test evaluations, so it still includes fit's set-up (building model and datasets, run "
+          f"minus the time it spent evaluating, so it still includes fit's set-up (building model and datasets, run "
           f"folder, checkpoints); PML = trainer.train() only (model and datasets built before).\n")
     print("| dataset | loss | deepmetric R@1 | PML R@1 | deepmetric MAP@R | PML MAP@R | deepmetric wall (s) | PML wall (s) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")

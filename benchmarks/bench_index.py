@@ -1,4 +1,4 @@
-"""Large-scale search: exact chunked k-NN vs faiss flat / IVF / HNSW at 100,000 and 1,000,000 x 128.
+"""Large-scale search: exact k-NN (torch) vs faiss flat / IVF / HNSW at 100,000 and 1,000,000 x 128.
 
 For every gallery size N: build time, time for Q queries (k = 10), the extrapolated time of a
 full leave-one-out pass (N queries), recall@10 against exact search, and peak resident memory
@@ -74,7 +74,7 @@ def main() -> None:
         return
     sizes, n_queries = ([20_000, 100_000], 500) if args.quick else (args.sizes, args.queries)
     print(f"# k = 10, {n_queries} queries, dim {args.dim}, {args.threads} threads, cosine; "
-          "recall against exact chunked search; peak RSS of a fresh process (includes building the data)\n")
+          "recall against exact search; peak RSS of a fresh process (includes building the data)\n")
     print("| items | method | build (s) | query time (s) | full N-query pass (s, extrapolated) | recall@10 | peak memory (MB) |")
     print("|---|---|---|---|---|---|---|")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
@@ -86,7 +86,7 @@ def main() -> None:
                 print(f"| {n:,} | {kind} | failed: {out.stderr.strip().splitlines()[-1] if out.stderr else out.returncode} |")
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            label = {"exact": "exact chunked (torch)", "flat": "faiss flat", "ivf": "faiss IVF", "hnsw": "faiss HNSW"}[kind]
+            label = {"exact": "exact (torch)", "flat": "faiss flat", "ivf": "faiss IVF", "hnsw": "faiss HNSW"}[kind]
             print(f"| {n:,} | {label} | {r['build_s']:.1f} | {r['query_s']:.2f} | {r['full_pass_s']:.0f} | "
                   f"{r['recall@10']:.3f} | {r['peak_mb']:.0f} |", flush=True)
 

@@ -51,7 +51,7 @@ SECTIONS: tuple[Section, ...] = (
         "Forward + backward time of every deepmetric loss against its pytorch-metric-learning (PML) "
         "counterpart on identical inputs (same embeddings, labels and parameters), one thread, "
         "process CPU time. The *floor* is `F.normalize(x) @ F.normalize(x).T` summed, forward + "
-        "backward: the least any cosine pair loss must do. Targets (issue 12): every shared loss at "
+        "backward: the least any cosine pair loss must do. Targets (issue 2): every shared loss at "
         "least as fast as PML; none more than 2x the floor at 512 x 512. 'values agree' checks the "
         "two losses' values (relative difference < 1e-4).",
         {"OMP_NUM_THREADS": "1"},
@@ -61,13 +61,13 @@ SECTIONS: tuple[Section, ...] = (
         "Precision@1, R-precision and MAP@R of the same embeddings computed by "
         "`deepmetric.evaluation.evaluate_embeddings` and by PML's `AccuracyCalculator`, each in a "
         "fresh subprocess (wall time, peak resident memory); then exact k-NN scaling to a 1M "
-        "gallery. Targets (issue 12): at least 2x faster than PML with at most 1/4 of its peak "
+        "gallery. Targets (issue 2): at least 2x faster than PML with at most 1/4 of its peak "
         "memory, same values to 1e-4.",
         {"OMP_NUM_THREADS": "1"},
     ),
     Section(
         "index", "Large-scale search", "bench_index.py", (),
-        "Exact chunked k-NN (torch) against faiss flat / IVF / HNSW: build time, query time, the "
+        "Exact k-NN (torch) against faiss flat / IVF / HNSW: build time, query time, the "
         "extrapolated full leave-one-out pass, recall@10 against exact search and peak memory of a "
         "fresh process. This benchmark sets its own thread count (`--threads`, default 2).",
     ),
