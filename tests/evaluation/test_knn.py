@@ -11,6 +11,7 @@ import torch
 
 from deepmetric.errors import ConfigError, InputError
 from deepmetric.evaluation import knn_search
+from exact_scores import exact_score_embeddings  # tests/evaluation/exact_scores.py
 
 
 def _score(a: torch.Tensor, b: torch.Tensor, metric: str) -> float:
@@ -40,20 +41,9 @@ def reference_knn(queries, gallery, k, metric, exclude=None):
 
 
 def tied_data(n: int, metric: str, seed: int = 0) -> torch.Tensor:
-    """Embeddings whose scores are exact in float32, with many ties and exact duplicates.
-
-    cosine: entries in {-1, 0, 1} with exactly 4 non-zeros (norm 2, so normalising is exact);
-    euclidean: small integers (squared distances are exact integers).
-    """
-    g = torch.Generator().manual_seed(seed)
-    if metric == "cosine":
-        x = torch.zeros(n, 6)
-        for i in range(n):
-            cols = torch.randperm(6, generator=g)[:4]
-            x[i, cols] = torch.randint(0, 2, (4,), generator=g).float() * 2 - 1
-    else:
-        x = torch.randint(-2, 3, (n, 3), generator=g).float()
-    x[7] = x[2]  # exact duplicates
+    """Exact-score embeddings (many ties) with exact duplicates of item 2 at 7 and 11."""
+    x = exact_score_embeddings(n, metric, torch.Generator().manual_seed(seed))
+    x[7] = x[2]
     x[11] = x[2]
     return x
 

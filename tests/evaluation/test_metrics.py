@@ -21,6 +21,7 @@ from deepmetric.evaluation import (
     r_precision,
     recall_at_k,
 )
+from exact_scores import exact_score_embeddings  # tests/evaluation/exact_scores.py
 
 
 def _score(a, b, metric):
@@ -93,16 +94,10 @@ def reference_metrics(gallery, g_labels, queries=None, q_labels=None, metric="co
 
 
 def tied_data(n, metric, seed):
-    """Exact-score embeddings with ties and duplicates (see test_knn.tied_data), and labels with
-    several multi-member classes plus singleton classes."""
+    """Exact-score embeddings with ties and a duplicate (item 1 at 5), and labels with several
+    multi-member classes plus singleton classes."""
     g = torch.Generator().manual_seed(seed)
-    if metric == "cosine":
-        x = torch.zeros(n, 6)
-        for i in range(n):
-            cols = torch.randperm(6, generator=g)[:4]
-            x[i, cols] = torch.randint(0, 2, (4,), generator=g).float() * 2 - 1
-    else:
-        x = torch.randint(-2, 3, (n, 3), generator=g).float()
+    x = exact_score_embeddings(n, metric, g)
     x[5] = x[1]
     labels = torch.randint(0, 5, (n,), generator=g)
     labels[-3:] = torch.tensor([90, 91, 92])  # singleton classes

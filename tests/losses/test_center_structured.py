@@ -22,20 +22,6 @@ from deepmetric.losses.center_structured import CenterStructuredLoss
 DT = torch.float64
 
 
-def _lifted_available() -> bool:
-    try:
-        import deepmetric.functional.lifted  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_lifted = pytest.mark.skipif(
-    not _lifted_available(),
-    reason="deepmetric/functional/lifted.py (lifted structure, written by the losses helper) not present yet",
-)
-
-
 def _data(seed: int = 0, n_per: int = 2, k: int = 3, d: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     labels = torch.arange(k).repeat(n_per)
@@ -101,7 +87,6 @@ def test_center_term_matches_loops() -> None:
     assert center_push(c * 100, 1.0).item() == 0.0
 
 
-@needs_lifted
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0])
 def test_structured_term_on_union_matches_loop(alpha: float) -> None:
     x, y, c = _data(2)
@@ -110,7 +95,6 @@ def test_structured_term_on_union_matches_loop(alpha: float) -> None:
     )
 
 
-@needs_lifted
 def test_total_and_each_term_match_loops() -> None:
     x, y, _ = _data(3)
     loss = _loss(lam_s=0.7, lam_c=0.3, ce_weight=1.3, alpha=1.0, center_margin=2.0)
@@ -125,7 +109,6 @@ def test_total_and_each_term_match_loops() -> None:
     torch.testing.assert_close(loss(x, y).item(), 1.3 * ce + 0.7 * s + 0.3 * cc)
 
 
-@needs_lifted
 @pytest.mark.parametrize("only", ["ce", "structured", "center"])
 def test_terms_switchable(only: str) -> None:
     x, y, _ = _data(4)
@@ -141,7 +124,6 @@ def test_terms_switchable(only: str) -> None:
     torch.testing.assert_close(loss(x, y).item(), expected)
 
 
-@needs_lifted
 def test_gradcheck_features_and_centers() -> None:
     x, y, c = _data(5, d=3)
 
@@ -158,8 +140,7 @@ def test_gradcheck_features_and_centers() -> None:
 
 def test_sgd_centers_receive_gradients() -> None:
     x, y, _ = _data(6)
-    flags = {"use_structured": _lifted_available()}
-    loss = _loss(**flags)
+    loss = _loss()
     assert [p is loss.centers for p in loss.center_parameters()] == [True]
     assert len(list(loss.classifier_parameters())) == 2
     xx = x.clone().requires_grad_(True)
@@ -174,7 +155,7 @@ def test_sgd_centers_receive_gradients() -> None:
 def test_ema_centers_move_toward_batch_means() -> None:
     x, _, _ = _data(7)
     y = torch.tensor([0, 0, 1, 1, 0, 1])  # class 2 absent from the batch
-    loss = _loss(center_update="ema", ema_momentum=0.75, use_structured=_lifted_available())
+    loss = _loss(center_update="ema", ema_momentum=0.75)
     assert list(loss.center_parameters()) == []
     assert not isinstance(loss.centers, torch.nn.Parameter)
     before = loss.centers.clone()
@@ -246,7 +227,7 @@ def test_labels_out_of_range_is_input_error() -> None:
 
 
 def test_registry_and_edge_cases_finite() -> None:
-    loss = build_loss("center_structured", num_classes=3, embedding_dim=4, use_structured=_lifted_available())
+    loss = build_loss("center_structured", num_classes=3, embedding_dim=4)
     assert isinstance(loss, CenterStructuredLoss)
     loss = loss.double()
     torch.manual_seed(10)

