@@ -10,8 +10,8 @@ cache, and ``topk`` touching every score. This module does the same exact search
   ``tau`` is a lower bound of the final ``k``-th best, so only scores ``>= tau`` can still enter
   the result. Scores are first reduced to the maximum of strided groups of 32 (one vectorised
   pass); only groups whose maximum reaches ``tau`` are looked at element by element. Once
-  ``tau`` is warm (after the first block of every query) a block row yields about
-  ``k * B / G`` candidates, so the selection cost is nearly independent of the gallery size.
+  ``tau`` is warm a block row yields few candidates (about ``k * B / n`` after ``n`` gallery
+  items have been seen), so selecting costs little next to the matrix product.
 * Leave-one-out search of a set against itself is symmetric: score ``s(a, b) = s(b, a)``, so each
   off-diagonal block ``(i, j), i < j`` is computed once and serves the queries of block ``i``
   (rows) and of block ``j`` (columns). That halves the matrix-product work.
@@ -21,14 +21,16 @@ running lists are merged on an int64 key that orders by (score descending, galle
 ascending), so the result is exactly the sorted top-``k`` with the lower gallery index first
 among equal scores, including at the ``k``-th place: the same contract as the plain path.
 
-Euclidean distance uses the augmented vectors ``l = [x, |x|^2, 1]`` and ``r = [2x, -1, -|x|^2]``,
-whose dot product is ``-|a - b|^2`` (symmetric in exact arithmetic), so one code path serves both
-metrics: larger score = nearer.
+Euclidean distance is ranked by ``-|a - b|^2`` (larger = nearer). Query against gallery: one
+product of the augmented vectors ``[a, |a|^2, 1] . [2b, -1, -|b|^2]`` (:func:`score_vectors`).
+Leave-one-out: ``2 a.b - (|a|^2 + |b|^2)``, which is bit-for-bit symmetric, so a pair scored
+once gives both of its members the same value.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 #: Rows and columns of one score block (2048 x 2048 float32 = 16 MiB).
@@ -241,3 +243,40 @@ def blocked_search(
                 rows, cols, values = _row_candidates(scores, top.thresholds(s, e))
                 top.merge_sparse(s, rows, cols + t, values)
     return top.result()
+
+
+def score_vectors(x: Tensor, metric: str, side: str) -> Tensor:
+    """Vectors whose dot product is the ranking score (larger = nearer).
+
+    cosine: unit vectors. Euclidean: ``[x, |x|^2, 1] . [2y, -1, -|y|^2] = -|x - y|^2``.
+    """
+    if metric == "cosine":
+        return F.normalize(x, p=2, dim=1).contiguous()
+    sq = (x * x).sum(dim=1, keepdim=True)
+    ones = torch.ones_like(sq)
+    parts = [x, sq, ones] if side == "left" else [2.0 * x, -ones, -sq]
+    return torch.cat(parts, dim=1).contiguous()
+
+
+def blocked_exact_search(
+    queries: Tensor, gallery: Tensor, k: int, metric: str, exclude: Tensor | None, symmetric: bool
+) -> tuple[Tensor, Tensor]:
+    """Top-``k`` (indices, scores) of ``queries`` in ``gallery``: cosine similarities or
+    Euclidean distances, best first, as :func:`deepmetric.evaluation.knn.knn_search` returns
+    them. ``symmetric``: the gallery IS the query set and ``exclude`` is None (keep self) or
+    the identity (leave-one-out); otherwise ``exclude[q]`` (``-1``: none) is dropped.
+    """
+    q = queries.to(torch.float32)
+    if symmetric:
+        if metric == "cosine":
+            vectors, sq_norms = score_vectors(q, metric, "left"), None
+        else:
+            vectors, sq_norms = q.contiguous(), (q * q).sum(dim=1)
+        idx, vals = symmetric_search(vectors, k, exclude is not None, sq_norms)
+    else:
+        left = score_vectors(q, metric, "left")
+        right = score_vectors(gallery.to(torch.float32), metric, "right")
+        idx, vals = blocked_search(left, right, k, exclude)
+    if metric == "euclidean":
+        vals = (-vals).clamp_min(0.0).sqrt()
+    return idx, vals

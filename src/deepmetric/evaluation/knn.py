@@ -33,7 +33,7 @@ from torch import Tensor
 
 from deepmetric.errors import ConfigError, InputError, unknown_name_message
 from deepmetric.evaluation import blocked_knn
-from deepmetric.evaluation.blocked_knn import blocked_search, symmetric_search
+from deepmetric.evaluation.blocked_knn import blocked_exact_search
 from deepmetric.functional import check_embeddings
 
 KNN_METRICS = ("cosine", "euclidean")
@@ -164,7 +164,7 @@ def _exact_search(
     the blocked path may use score symmetry.
     """
     if _use_blocked(gallery, k):
-        return _blocked_exact_search(queries, gallery, k, metric, exclude, symmetric)
+        return blocked_exact_search(queries, gallery, k, metric, exclude, symmetric)
     return _chunked_exact_search(queries, gallery, k, metric, exclude, chunk_size)
 
 
@@ -176,38 +176,6 @@ def _use_blocked(gallery: Tensor, k: int) -> bool:
         # larger k: most of a block's scores are candidates, pruning cannot pay
         and k <= blocked_knn.DEFAULT_BLOCK // 8
     )
-
-
-def _augment(x: Tensor, metric: str, side: str) -> Tensor:
-    """Vectors whose dot product is the ranking score (larger = nearer).
-
-    cosine: unit vectors. Euclidean: ``[x, |x|^2, 1] . [2y, -1, -|y|^2] = -|x - y|^2``.
-    """
-    if metric == "cosine":
-        return F.normalize(x, p=2, dim=1).contiguous()
-    sq = (x * x).sum(dim=1, keepdim=True)
-    ones = torch.ones_like(sq)
-    parts = [x, sq, ones] if side == "left" else [2.0 * x, -ones, -sq]
-    return torch.cat(parts, dim=1).contiguous()
-
-
-def _blocked_exact_search(
-    queries: Tensor, gallery: Tensor, k: int, metric: str, exclude: Tensor | None, symmetric: bool
-) -> tuple[Tensor, Tensor]:
-    q = queries.to(torch.float32)
-    if symmetric:
-        if metric == "cosine":
-            vectors, sq_norms = F.normalize(q, p=2, dim=1).contiguous(), None
-        else:
-            vectors, sq_norms = q.contiguous(), (q * q).sum(dim=1)
-        idx, vals = symmetric_search(vectors, k, exclude is not None, sq_norms)
-    else:
-        left = _augment(q, metric, "left")
-        right = _augment(gallery.to(torch.float32), metric, "right")
-        idx, vals = blocked_search(left, right, k, exclude)
-    if metric == "euclidean":
-        vals = (-vals).clamp_min(0.0).sqrt()
-    return idx, vals
 
 
 def _chunked_exact_search(
