@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from deepmetric.errors import DeepMetricError
 
@@ -51,17 +52,6 @@ def _metrics_table(metrics: dict[str, float]) -> str:
 # ------------------------------------------------------------------------------------ handlers
 
 
-def _recipe_runner(recipe: Path) -> str | None:
-    """The experiment module named by a recipe's ``# Runner: python -m MODULE ...`` header line."""
-    for line in recipe.read_text(encoding="utf-8").splitlines():
-        if not line.startswith("#"):
-            break
-        words = line.lstrip("# ").split()
-        if len(words) >= 4 and words[0].lower() == "runner:" and words[2] == "-m" and words[3].startswith("deepmetric.experiments."):
-            return words[3]
-    return None
-
-
 def _launch_processes(args: argparse.Namespace, recipe: Path, run_dir: Path) -> int:
     """Re-run this training under torchrun with ``args.nproc`` processes on this machine."""
     import subprocess
@@ -83,16 +73,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from deepmetric.config import load_config
     from deepmetric.evaluation.report import write_report
     from deepmetric.recipes import find_recipe
-    from deepmetric.training import fit
+    from deepmetric.training import run_protocol
 
     recipe = find_recipe(args.recipe)
-    runner = _recipe_runner(recipe)
-    if runner is not None:  # e.g. video re-ID recipes: their protocol has its own runner and schema
-        import importlib
-
-        print(f"{recipe.name} runs with its own protocol: python -m {runner}", file=sys.stderr)
-        argv = [str(recipe), *args.overrides, *(["--out", args.out] if args.out else [])]
-        return int(importlib.import_module(runner).main(argv) or 0)
     config = load_config(recipe, args.overrides)
     under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if args.out is not None:
@@ -109,8 +92,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
         print(f"training {recipe} -> {run_dir}", file=sys.stderr)
-    summary = fit(config, run_dir, resume=args.resume, progress=not args.no_progress and rank == 0)
+    summary = run_protocol(config, run_dir, resume=args.resume, progress=not args.no_progress and rank == 0)
     if rank != 0:
+        return 0
+    if config.protocol.name != "single":
+        print(_summary_table(summary))
+        print(f"run folder: {run_dir}\nsummary: {run_dir / 'summary.json'}\nreport: {run_dir / 'report.html'}")
         return 0
     report = run_dir / "report.html"
     if not report.is_file() or report.stat().st_mtime < (run_dir / "metrics.json").stat().st_mtime:
@@ -123,6 +110,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(comparison_table(base, test))
     print(f"run folder: {run_dir}\nreport: {report}")
     return 0
+
+
+def _summary_table(summary: dict[str, Any]) -> str:
+    """mean +- std of the headline metrics of every group of a protocol's summary.json."""
+    from deepmetric.evaluation.report import order_metrics
+
+    rows = []
+    for group, stats in summary.get("groups", {}).items():
+        for name in order_metrics([k for k in stats if not k.startswith("n_") and "/" not in k]):
+            stat = stats[name]
+            if stat.get("mean") is None:
+                continue
+            rows.append([group, name, f"{stat['mean']:.4f} +- {stat['std']:.4f}", str(stat["n"])])
+    return _format_table(rows, ["group", "metric", "mean +- std", "runs"])
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ __all__ = [
     "LossConfig",
     "ModelConfig",
     "OptimizerConfig",
+    "ProtocolConfig",
     "SamplerConfig",
     "SchedulerConfig",
     "TrainerConfig",
@@ -134,6 +135,12 @@ class ModelConfig(_Section):
     params: dict[str, Any] = Field(
         default_factory=dict, description="extra keyword arguments of the model builder"
     )
+    init_from: str | None = Field(
+        None,
+        description="start from the weights of another run: a run folder (its best.pt, else last.pt) "
+        "or a checkpoint file; the model's weights load strictly, the loss's (classifier, centers) "
+        "when their shapes match (fine-tuning, speaker transfer)",
+    )
 
 
 class LossConfig(_Section):
@@ -153,6 +160,12 @@ class LossConfig(_Section):
     )
     synthesis_params: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments of the synthesis wrapper (alpha, beta)"
+    )
+    heads: dict[str, float] = Field(
+        default_factory=dict,
+        description="models with named outputs (multilevel, tracklet): weight of each output's loss, "
+        "e.g. {frame: 1.0, tracklet: 1.0}; every output gets its own copy of this loss; unnamed "
+        "outputs weigh 1, and 0 switches an output's loss off",
     )
 
 
@@ -218,6 +231,15 @@ class TrainerConfig(_Section):
 class EvalConfig(_Section):
     """Evaluation and checkpoint selection."""
 
+    protocol: Literal["retrieval", "classification", "reid", "word_recognition", "diagnostic"] = Field(
+        "retrieval",
+        description="what the run is measured by: 'retrieval' (leave-one-out, or query/gallery when "
+        "the test split marks queries), 'classification' (softmax head, nearest center and k-NN "
+        "accuracy), 'reid' (CMC and mAP, same-camera matches excluded), 'word_recognition' "
+        "(nearest word prototype of the training items), 'diagnostic' (balanced accuracy, "
+        "sensitivity, specificity, AUC of the positive class); every protocol also reports the "
+        "retrieval metrics",
+    )
     split: Literal["val", "test"] = Field(
         "val", description="split used for periodic evaluation and best-checkpoint selection"
     )
@@ -231,6 +253,63 @@ class EvalConfig(_Section):
     select_mode: Literal["max", "min"] = Field("max", description="whether a larger select_metric is better")
     baseline: bool = Field(True, description="evaluate the untrained (pretrained-features) network on test")
     batch_size: int = Field(128, gt=0, description="batch size for embedding during evaluation")
+    checkpoint: Literal["best", "last"] = Field(
+        "best", description="weights whose test metrics are final: chosen on eval.split (best) or the last step"
+    )
+    rerank: bool = Field(False, description="'reid': also report k-reciprocal re-ranking (Zhong et al., CVPR 2017)")
+    rerank_k1: int = Field(20, gt=0, description="'reid' re-ranking: k1")
+    rerank_k2: int = Field(6, gt=0, description="'reid' re-ranking: k2")
+    rerank_lambda: float = Field(0.3, ge=0.0, le=1.0, description="'reid' re-ranking: weight of the original distance")
+    positive_class: str | None = Field(
+        None, description="'diagnostic': name of the positive (e.g. malignant) class; null = melanoma or malignant"
+    )
+    heatmaps: int = Field(4, ge=0, description="'diagnostic': test images shown with Grad-CAM in the report (0 = none)")
+
+
+class ProtocolConfig(_Section):
+    """How many trainings a recipe runs and on which splits: one, k folds, repeated splits, or the
+    speaker-transfer grid. Each sub-run is a plain run folder inside the run folder, which holds
+    summary.json (mean +- std over the sub-runs) and a report with the per-run table."""
+
+    name: Literal["single", "kfold", "repeated_splits", "speaker_transfer"] = Field(
+        "single",
+        description="'single': one training; 'kfold': k stratified folds (grouped by speaker for speech), "
+        "each the test split once; 'repeated_splits': random per-class train/test splits with seeds "
+        "seed, seed+1, ...; 'speaker_transfer': pre-train on the source speakers, then adapt to each "
+        "target speaker with n utterances per word",
+    )
+    folds: int = Field(5, ge=2, description="'kfold': number of folds")
+    repeats: int = Field(5, ge=1, description="'repeated_splits': number of random splits")
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="'repeated_splits': test fraction of every class")
+    split_seed: int | None = Field(None, description="seed of the folds / target pools; null = the run seed")
+    target_speakers: list[str] = Field(
+        default_factory=list, description="'speaker_transfer': the target speakers (one adaptation grid each)"
+    )
+    shots: list[int] = Field(
+        default_factory=lambda: [1, 5, 10], description="'speaker_transfer': utterances per word of the target"
+    )
+    held_out: int = Field(
+        30, gt=0, description="'speaker_transfer': test utterances per word of the target (never trained on)"
+    )
+    settings: list[Literal["target_only", "pretrain_finetune"]] = Field(
+        default_factory=lambda: ["target_only", "pretrain_finetune"],
+        description="'speaker_transfer': train on the target's n utterances from scratch, and/or fine-tune "
+        "the model pre-trained on the source speakers",
+    )
+    finetune_steps: int | None = Field(
+        None, gt=0, description="'speaker_transfer': steps of each adaptation run; null = trainer.steps"
+    )
+    finetune_lr_mult: float = Field(
+        0.5, gt=0.0, description="'speaker_transfer': learning rate of fine-tuning = optimizer.lr x this"
+    )
+
+    @model_validator(mode="after")
+    def _shots_positive(self) -> ProtocolConfig:
+        if any(n < 1 for n in self.shots) or len(set(self.shots)) != len(self.shots):
+            raise ValueError(f"protocol.shots must be distinct integers >= 1, got {self.shots}")
+        if not self.settings:
+            raise ValueError("protocol.settings needs at least one of target_only, pretrain_finetune")
+        return self
 
 
 class Config(_Section):
@@ -247,6 +326,7 @@ class Config(_Section):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python (JSON/YAML-safe) representation."""

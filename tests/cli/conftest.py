@@ -24,16 +24,17 @@ def make_fake_run(root: Path, n_classes: int = 6, per_class: int = 5, dim: int =
             w.writerow([s, s // 50, 1.0 / s**0.5, 1e-3, s * 0.1])
     val = [{"step": s, "split": "val", "metrics": {"recall@1": 0.2 + s / 400, "map@r": 0.1 + s / 800}} for s in (0, 100, 200)]
     test = {"recall@1": 0.8, "recall@2": 0.85, "recall@4": 0.9, "recall@8": 0.95, "map@r": 0.5, "nmi": 0.7}
-    if classification:
-        test["confusion_matrix"] = [[3, 1], [0, 4]]
-        test["class_names"] = ["cat", "dog"]
     metrics = {
+        "selection_split": "val", "steps": 200, "total_steps": 200, "stopped_early": False, "test_step": 200,
         "evaluations": val,
         "baseline": {"step": 0, "split": "test", "metrics": {"recall@1": 0.3, "recall@2": 0.4, "recall@4": 0.5, "recall@8": 0.6, "map@r": 0.1, "nmi": 0.4}},
         "best": {"step": 200, "metric": "map@r", "value": 0.35},
         "test": test,
     }
     (run / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    if classification:
+        np.savez(run / "test_predictions.npz", labels=np.array([0, 0, 0, 0, 1, 1, 1, 1]),
+                 predictions=np.array([0, 0, 0, 1, 1, 1, 1, 1]), class_names=np.array(["cat", "dog"]))
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(n_classes), per_class)
     emb = rng.normal(size=(n_classes, dim))[labels] + 0.1 * rng.normal(size=(len(labels), dim))

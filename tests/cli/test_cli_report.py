@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -11,12 +12,29 @@ from PIL import Image
 
 from deepmetric.errors import DataError
 from deepmetric.evaluation import plots
-from deepmetric.evaluation.report import numeric_metrics, write_report
+from deepmetric.evaluation.report import finite_metrics, write_report
 
 EXPECTED = {"loss.png", "metrics.png", "recall_at_k.png", "projection.png", "retrieval.png"}
 
 
-def test_report_writes_every_plot_and_references_them(fake_run: Path) -> None:
+def fit_shaped(run: Path) -> Path:
+    """Give the fake run's metrics.json every key that ``fit`` writes (the schema is strict)."""
+    path = run / "metrics.json"
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    metrics["test"] = {k: v for k, v in metrics["test"].items() if k not in ("confusion_matrix", "class_names")}
+    metrics.update({"selection_split": "val", "steps": 200, "total_steps": 200, "stopped_early": False,
+                    "test_step": 200})
+    path.write_text(json.dumps(metrics), encoding="utf-8")
+    return run
+
+
+@pytest.fixture
+def fit_run(fake_run: Path) -> Path:
+    return fit_shaped(fake_run)
+
+
+def test_report_writes_every_plot_and_references_them(fit_run: Path) -> None:
+    fake_run = fit_run
     html_path = write_report(fake_run)
     assert html_path == fake_run / "report.html"
     made = {p.name for p in (fake_run / "plots").glob("*.png")}
@@ -32,10 +50,13 @@ def test_report_writes_every_plot_and_references_them(fake_run: Path) -> None:
 
 
 def test_confusion_matrix_for_classification_runs(tmp_path: Path, make_run) -> None:
-    run = make_run(tmp_path, classification=True)
+    run = fit_shaped(make_run(tmp_path))
+    np.savez(run / "test_predictions.npz", labels=np.array([0, 0, 0, 0, 1, 1, 1, 1]),
+             predictions=np.array([0, 0, 0, 1, 1, 1, 1, 1]), class_names=np.array(["cat", "dog"]))
     html = write_report(run).read_text(encoding="utf-8")
     assert (run / "plots" / "confusion_matrix.png").is_file()
     assert "plots/confusion_matrix.png" in html
+    assert "<td>cat</td><td>4</td><td>3</td><td>0.7500</td>" in html  # per-class table by name
 
 
 def test_partial_run_folder_lists_what_is_missing(tmp_path: Path) -> None:
@@ -57,11 +78,19 @@ def test_missing_run_folder_and_corrupt_metrics(tmp_path: Path) -> None:
         write_report(run)
 
 
-def test_numeric_metrics_accepts_the_three_layouts() -> None:
-    flat = {"recall@1": 0.5, "note": "x"}
-    assert numeric_metrics(flat) == {"recall@1": 0.5}
-    assert numeric_metrics({"step": 0, "metrics": flat}) == {"recall@1": 0.5}
-    assert numeric_metrics({"test": flat}) == {"recall@1": 0.5}
+def test_off_schema_metrics_is_a_one_line_error(fit_run: Path) -> None:
+    path = fit_run / "metrics.json"
+    metrics = json.loads(path.read_text(encoding="utf-8"))
+    del metrics["selection_split"]
+    path.write_text(json.dumps(metrics), encoding="utf-8")
+    with pytest.raises(DataError, match="missing key 'selection_split'") as info:
+        write_report(fit_run)
+    assert "\n" not in str(info.value) and "metrics.json" in str(info.value)
+
+
+def test_finite_metrics_drops_undefined_values() -> None:
+    assert finite_metrics({"recall@1": 0.5, "nmi": None, "map@r": float("nan")}) == {"recall@1": 0.5}
+    assert finite_metrics(None) == {}
 
 
 def test_recall_keys_parsed() -> None:

@@ -95,7 +95,7 @@ def test_triplet_sampler_valid_and_balanced():
 
 def test_triplet_hybrid_loss_against_loop():
     torch.manual_seed(0)
-    loss = TripletHybridLoss(num_classes=3, embedding_dim=4, margin=0.2, lam=0.5).double()
+    loss = TripletHybridLoss(num_classes=3, embedding_dim=4, margin=0.2, ce_weight=0.5).double()
     emb = torch.randn(9, 4, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 1, 2, 0])
     value = loss(emb, labels)

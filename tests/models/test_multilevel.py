@@ -8,7 +8,9 @@ import torch
 from deepmetric.errors import ConfigError, InputError
 from deepmetric.losses.osm_caa import OSMCAALoss
 from deepmetric.losses.ranked_list import RankedListLoss
-from deepmetric.models.multilevel import MultiHeadLoss, MultiLevelEmbedder
+from deepmetric.losses.multi_output import MultiHeadLoss
+from deepmetric.models.contracts import MultiOutputModel
+from deepmetric.models.multilevel import MultiLevelEmbedder
 
 BACKBONE = "tf_efficientnet_lite0"
 
@@ -53,7 +55,7 @@ def test_eval_returns_renormalised_concatenation(model):
     x = images()
     model.eval()
     with torch.no_grad():
-        out = model(x)
+        out = model(x)["embedding"]
         parts = model.forward_heads(x)
     cat = torch.cat([parts["stage3"], parts["stage4"], parts["final"]], dim=1)
     assert out.shape == (6, 36)
@@ -61,7 +63,8 @@ def test_eval_returns_renormalised_concatenation(model):
     assert torch.allclose(out, cat / 3**0.5, atol=1e-6)  # three unit vectors -> norm sqrt(3)
     model.train()
     train_out = model(x)
-    assert isinstance(train_out, dict) and set(train_out) == {"stage3", "stage4", "final"}
+    assert isinstance(train_out, dict) and set(train_out) == {"stage3", "stage4", "final", "embedding"}
+    assert isinstance(model, MultiOutputModel) and model.output_dims == model.head_dims
     for value in train_out.values():
         assert torch.allclose(value.norm(dim=1), torch.ones(6), atol=1e-5)
 
@@ -90,19 +93,19 @@ def test_multihead_loss_constructors_and_weights():
     e = {"a": torch.randn(6, 4), "b": torch.randn(6, 5)}
     y = torch.tensor([0, 0, 1, 1, 2, 2])
     rll = RankedListLoss()
-    by_list = MultiHeadLoss([RankedListLoss(), RankedListLoss(variant="tpami")], heads=dims, weights={"b": 2.0})
+    by_list = MultiHeadLoss([RankedListLoss(), RankedListLoss(variant="tpami")], outputs=dims, weights={"b": 2.0})
     expect = rll(e["a"], y) + 2.0 * RankedListLoss(variant="tpami")(e["b"], y)
     assert by_list(e, y).item() == pytest.approx(expect.item(), rel=1e-6)
-    by_factory = MultiHeadLoss(lambda h, d: OSMCAALoss(num_classes=3, embedding_dim=d), heads=dims)
+    by_factory = MultiHeadLoss(lambda h, d: OSMCAALoss(num_classes=3, embedding_dim=d), outputs=dims)
     assert {h: m.classifier.in_features for h, m in by_factory.losses.items()} == dims
     assert len(list(by_factory.parameters())) == 4  # a weight and a bias per head
-    with pytest.raises(InputError, match="train mode"):
+    with pytest.raises(InputError, match="named outputs"):
         by_list(torch.randn(6, 9), y)
-    with pytest.raises(InputError, match="lack heads"):
+    with pytest.raises(InputError, match="lack"):
         by_list({"a": e["a"]}, y)
     with pytest.raises(ConfigError):
         MultiHeadLoss(lambda h, d: rll)
-    with pytest.raises(ConfigError, match="unknown heads"):
+    with pytest.raises(ConfigError, match="unknown outputs"):
         MultiHeadLoss({"a": rll}, weights={"c": 1.0})
 
 
@@ -125,3 +128,23 @@ def test_offline_weights_reach_the_feature_extractor():
     ours = model.backbone.state_dict()
     for key in ("conv_stem.weight", "blocks.5.0.conv_pw.weight", "blocks.6.0.bn3.running_var"):
         assert torch.equal(ours[key], reference.state_dict()[key])
+
+
+def test_multi_output_loss_labels_frame_outputs_by_repetition_and_skips_zero_weights():
+    from deepmetric.losses import build_loss
+
+    frames = torch.randn(4, 3, 5, generator=torch.Generator().manual_seed(1))  # (B, T, D)
+    tracklets = torch.randn(4, 5, generator=torch.Generator().manual_seed(2))
+    y = torch.tensor([0, 0, 1, 1])
+    loss = MultiHeadLoss({"frame": build_loss("contrastive"), "tracklet": build_loss("contrastive")},
+                         weights={"frame": 0.5, "tracklet": 2.0})
+    value = loss({"frame": frames, "tracklet": tracklets, "embedding": tracklets}, y)
+    # explicit: frame t of item b is a row labelled y[b]
+    rows = torch.stack([frames[b, t] for b in range(4) for t in range(3)])
+    labels = torch.tensor([int(y[b]) for b in range(4) for t in range(3)])
+    ref = 0.5 * build_loss("contrastive")(rows, labels) + 2.0 * build_loss("contrastive")(tracklets, y)
+    assert torch.allclose(value, ref)
+    off = MultiHeadLoss({"frame": build_loss("contrastive"), "tracklet": build_loss("contrastive")},
+                        weights={"frame": 0.0})
+    assert torch.allclose(off({"frame": frames, "tracklet": tracklets}, y), build_loss("contrastive")(tracklets, y))
+    assert list(off.last_losses) == ["tracklet"]

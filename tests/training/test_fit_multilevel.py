@@ -5,7 +5,7 @@ import torch
 from PIL import Image
 
 from deepmetric.config import load_config
-from deepmetric.models.multilevel import MultiHeadLoss
+from deepmetric.losses.multi_output import MultiHeadLoss
 from deepmetric.training import fit
 from deepmetric.training.builders import build_loss_from_config, build_model
 from deepmetric.training.checkpoint import load_checkpoint
@@ -30,7 +30,7 @@ def test_fit_trains_every_head_and_tests_the_concatenation(tmp_path):
         "eval": {"split": "test", "baseline": False, "k_values": [1]},
     })
     model = build_model(config)
-    loss = build_loss_from_config(config.loss, 4, model.embedding_dim, head_dims=model.head_dims)
+    loss = build_loss_from_config(config.loss, 4, model.embedding_dim, outputs=model.output_dims)
     assert isinstance(loss, MultiHeadLoss)
     result = fit(config, tmp_path / "run", progress=False)
     assert 0.0 <= result["test"]["recall@1"] <= 1.0

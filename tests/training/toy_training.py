@@ -125,8 +125,10 @@ def _exists(entry: str) -> bool:
 def toy_registries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(builders.DATASET_REGISTRY, "toy", toy_dataset)
     monkeypatch.setitem(builders.MODEL_REGISTRY, "tiny", tiny_model)
-    if not isinstance(builders.SAMPLER, str) or not _exists(builders.SAMPLER):
-        monkeypatch.setattr(builders, "SAMPLER", StandInPKSampler)
+    from deepmetric.data.registry import SAMPLERS
+
+    if not isinstance(SAMPLERS["pk"], str) or not _exists(SAMPLERS["pk"]):
+        monkeypatch.setitem(SAMPLERS, "pk", StandInPKSampler)
     if not isinstance(evaluate.EVALUATOR, str) or not _exists(evaluate.EVALUATOR):
         monkeypatch.setattr(evaluate, "EVALUATOR", stand_in_evaluator)
 

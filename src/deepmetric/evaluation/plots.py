@@ -23,6 +23,19 @@ from matplotlib.patches import Rectangle
 RECALL_KEY = re.compile(r"^(?:recall|r)@(\d+)$", re.IGNORECASE)
 RIGHT, WRONG = "#1a9850", "#d73027"
 
+#: longest class name drawn in a tile caption or legend entry (longer ones are shortened)
+MAX_NAME_CHARS = 22
+
+
+def class_label(label: object, class_names: Sequence[str] | None = None, max_chars: int = MAX_NAME_CHARS) -> str:
+    """The display name of ``label``: ``class_names[label]`` for an integer label in range, else
+    the label itself as text; shortened to ``max_chars`` with an ellipsis."""
+    name = str(label)
+    is_index = isinstance(label, (int, np.integer)) and not isinstance(label, (bool, np.bool_))
+    if class_names is not None and is_index and 0 <= int(label) < len(class_names):  # type: ignore[arg-type]
+        name = str(class_names[int(label)])  # type: ignore[arg-type]
+    return name if len(name) <= max_chars else name[: max_chars - 1] + "\u2026"
+
 
 def _save(fig: Figure, out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -171,8 +184,10 @@ def plot_projection(
     max_points: int = 600,
     seed: int = 0,
     title: str = "Test embeddings",
+    class_names: Sequence[str] | None = None,
 ) -> Path:
-    """Scatter of a 2-D projection of (a subsample of) the embeddings, one colour per class."""
+    """Scatter of a 2-D projection of (a subsample of) the embeddings, one colour per class
+    (legend entries are ``class_names[label]`` when given)."""
     labels = np.asarray(labels)
     idx = choose_subset(labels, max_classes, max_points, seed)
     xy, method = project_2d(embeddings[idx], seed=seed)
@@ -183,7 +198,7 @@ def plot_projection(
     cmap = __import__("matplotlib").colormaps["tab20"]
     for i, c in enumerate(classes):
         m = sub == c
-        ax.scatter(xy[m, 0], xy[m, 1], s=14, color=cmap(i % 20), label=str(c), alpha=0.85, edgecolors="none")
+        ax.scatter(xy[m, 0], xy[m, 1], s=14, color=cmap(i % 20), label=class_label(c, class_names), alpha=0.85, edgecolors="none")
     ax.set_xticks([])
     ax.set_yticks([])
     n_all = np.unique(labels).size
@@ -294,9 +309,11 @@ def plot_retrieval_grid(
     seed: int = 0,
     base_dirs: Sequence[Path] = (),
     base_zips: Sequence[Path] = (),
+    class_names: Sequence[str] | None = None,
 ) -> Path:
     """Rows of (query, its top-``k`` neighbours in the rest of the set); neighbours framed green
-    when they share the query's class and red when not. Unreadable images become grey tiles."""
+    when they share the query's class and red when not. Captions name the class
+    (``class_names[label]`` when given). Unreadable images become grey tiles."""
     labels = np.asarray(labels)
     n = len(labels)
     rng = np.random.default_rng(seed)
@@ -325,12 +342,12 @@ def plot_retrieval_grid(
         ax.set_title(caption, fontsize=7, color=color or "k")
 
     for r, q in enumerate(queries):
-        tile(axes[r, 0], int(q), f"query\nclass {labels[q]}", "#252525", 2.5)
+        tile(axes[r, 0], int(q), f"query\n{class_label(labels[q], class_names)}", "#252525", 2.5)
         for c in range(k):
             j = int(nn_idx[r, c])
             right = labels[j] == labels[q]
             mark = "right" if right else "wrong"
-            tile(axes[r, c + 1], j, f"#{c + 1} {mark} ({labels[j]})\nscore {nn_score[r, c]:.3f}",
+            tile(axes[r, c + 1], j, f"#{c + 1} {mark}: {class_label(labels[j], class_names)}\nscore {nn_score[r, c]:.3f}",
                  RIGHT if right else WRONG, 4)
     fig.suptitle(f"Retrieval: queries (left) and their top-{k} neighbours (green right, red wrong)", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
@@ -342,7 +359,7 @@ def plot_confusion_matrix(matrix: np.ndarray, out: Path, class_names: Sequence[s
     when the matrix is small."""
     m = np.asarray(matrix, dtype=float)
     c = m.shape[0]
-    names = [str(x) for x in class_names] if class_names is not None and len(class_names) == c else [str(i) for i in range(c)]
+    names = [class_label(i, class_names if class_names is not None and len(class_names) == c else None) for i in range(c)]
     rows = m.sum(axis=1, keepdims=True)
     norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
     size = min(12.0, 2.5 + 0.45 * c)

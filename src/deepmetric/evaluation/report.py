@@ -3,53 +3,73 @@
 
 It reads only files of the run folder (see docs/run_folder.md):
 
-* ``config.yaml``            the resolved config (shown verbatim)
+* ``config.yaml``            the resolved config (shown verbatim; gives the k-NN similarity and
+                             ``data.root``, where the retrieval grid looks for images)
 * ``log.csv``                training log: step, epoch, loss, lr, seconds, ...  -> loss curve
-* ``metrics.json``           evaluations during training, the untrained baseline, the best
-                             checkpoint and the test metrics -> metric curves, Recall@K chart,
-                             summary table
+* ``metrics.json``           read through :func:`deepmetric.run_files.read_metrics`: evaluations,
+                             baseline, best checkpoint, test metrics, class names, warnings
+                             -> metric curves, Recall@K chart, summary table
 * ``test_embeddings.npz``    embeddings, labels, paths of the test split -> 2-D projection
                              and retrieval grid
-* a confusion matrix, for classification runs: ``metrics.json["test"]["confusion_matrix"]``
-  (optionally with ``"class_names"``) or ``test_predictions.npz`` (``labels``, ``predictions``)
-* ``figures/*.png``          extra figures written by an experiment pipeline (e.g. ROC curves
-                             and Grad-CAM heat maps of :mod:`deepmetric.experiments.skin_lesions`),
-                             shown after the standard plots with a caption from FIGURE_CAPTIONS
+* ``test_predictions.npz``   (classification runs) ``labels``, ``predictions`` and optionally
+                             ``class_names`` -> confusion matrix and per-class table
+* ``figures/*.png``          extra figures written by an experiment pipeline, shown after the
+                             standard plots, titled by file name; ``figures/<name>.txt`` (if
+                             present) is the caption of ``figures/<name>.png``
 
-Missing pieces are skipped (a run that is still training has no test metrics yet); the HTML says
-what is missing instead of failing. Only a missing or unreadable run folder is an error.
+Classes are shown by name everywhere: ``metrics.json``'s ``class_names``, else the
+``class_names`` of ``test_predictions.npz``, else the parent folder names of the test items'
+paths (when they name each class consistently), else the label numbers.
+
+A folder holding ``summary.json`` (a multi-run protocol's parent) and no ``metrics.json`` gets
+the protocol page of :mod:`deepmetric.evaluation.summary_report` instead.
+
+Missing pieces are skipped (a run that is still training has no test metrics yet) and a piece
+that cannot be read (a broken ``config.yaml``, a damaged ``.npz``) is skipped too; either way the
+HTML says what is not shown and why. A missing run folder and a corrupt ``metrics.json`` are
+errors (:class:`~deepmetric.errors.DataError`).
 """
 
 from __future__ import annotations
 
 import csv
 import html
-import json
 import math
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from deepmetric.errors import DataError
+from deepmetric.errors import ConfigError, DataError
 from deepmetric.evaluation import plots
+from deepmetric.run_files import METRICS_FILE, SUMMARY_FILE, MetricsFile, read_metrics
+
+if TYPE_CHECKING:
+    from deepmetric.config import Config
+    from deepmetric.embeddings_io import EmbeddingSet
 
 PLOTS_DIR = "plots"
 
 #: folder of extra PNGs that experiment pipelines put into a run folder (shown in the report)
 FIGURES_DIR = "figures"
 
-#: title and caption of known extra figures, by file stem; others are titled by their name
-FIGURE_CAPTIONS = {
-    "roc": ("ROC curves", "One class against the rest on the test split; AUC in the legend."),
-    "heatmaps": ("Heat maps", "Test images with the Grad-CAM map of the predicted class (and the spatial "
-                 "attention map, for attention models) overlaid: red is where the network looks."),
-}
+#: test predictions of a classification run (labels, predictions, optional class_names)
+PREDICTIONS_FILE = "test_predictions.npz"
 
 #: preferred order of metrics in the summary table; others follow alphabetically
 METRIC_ORDER = ["recall@1", "recall@2", "recall@4", "recall@8", "precision@1", "r_precision", "map@r", "nmi", "f1"]
+
+#: metrics drawn as curves during training, when present (else the first MAX_CURVES others)
+CURVE_METRICS = ["recall@1", "recall@4", "map@r", "r_precision", "nmi", "accuracy"]
+MAX_CURVES = 6
+
+
+# ---------------------------------------------------------------------------------------------
+# small helpers (also used by the protocol page)
 
 
 def read_log(path: Path) -> dict[str, list[float]]:
@@ -68,24 +88,9 @@ def read_log(path: Path) -> dict[str, list[float]]:
     return columns
 
 
-def numeric_metrics(block: Any) -> dict[str, float]:
-    """The scalar metrics of a metrics.json block: accepts ``{"metrics": {...}}``,
-    ``{"test": {...}}`` or a flat ``{name: value}`` mapping."""
-    if not isinstance(block, Mapping):
-        return {}
-    if isinstance(block.get("metrics"), Mapping):
-        return numeric_metrics(block["metrics"])
-    flat = {k: float(v) for k, v in block.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    if not flat:
-        for key in ("test", "val", "validation"):
-            if isinstance(block.get(key), Mapping):
-                return numeric_metrics(block[key])
-    return flat
-
-
-#: metrics drawn as curves during training, when present (else the first MAX_CURVES others)
-CURVE_METRICS = ["recall@1", "recall@4", "map@r", "r_precision", "nmi", "accuracy"]
-MAX_CURVES = 6
+def finite_metrics(metrics: Mapping[str, float | None] | None) -> dict[str, float]:
+    """The metrics of a metrics.json block that have a finite value."""
+    return {k: float(v) for k, v in (metrics or {}).items() if v is not None and math.isfinite(v)}
 
 
 def is_count(name: str) -> bool:
@@ -106,196 +111,18 @@ def summary_rows(baseline: Mapping[str, float], test: Mapping[str, float]) -> li
     return [(n, baseline.get(n), test.get(n)) for n in names]
 
 
-def _fmt(v: float | None) -> str:
+def fmt(v: float | None) -> str:
+    """A metric value for a table: 4 decimals, ``-`` when undefined."""
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
     return f"{v:.4f}" if abs(v) < 1000 else f"{v:.0f}"
 
 
-def _baseline_block(metrics: Mapping[str, Any], split: str) -> dict[str, float]:
-    base = metrics.get("baseline")
-    if isinstance(base, Mapping) and isinstance(base.get(split), Mapping):
-        return numeric_metrics(base[split])
-    return numeric_metrics(base)
+def problem(exc: BaseException) -> str:
+    """``ExceptionName: first line of the message`` (for the notes of skipped pieces)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
-
-def load_metrics(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "metrics.json"
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(
-            f"'{path}' is not valid JSON ({exc.msg} at line {exc.lineno}); "
-            "the run may have been interrupted while writing it: re-run `deepmetric eval` on the run folder"
-        ) from exc
-    return data if isinstance(data, dict) else {}
-
-
-def _config_metric(run_dir: Path) -> tuple[str, str]:
-    """(config text, k-NN metric name) from config.yaml."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return "", "cosine"
-    text = path.read_text(encoding="utf-8")
-    metric = "cosine"
-    try:
-        import yaml
-
-        cfg = yaml.safe_load(text) or {}
-        ev = cfg.get("evaluation", cfg.get("eval", {})) if isinstance(cfg, dict) else {}
-        if isinstance(ev, dict) and isinstance(ev.get("metric"), str):
-            metric = ev["metric"]
-    except Exception:  # a report must not fail on an odd config; show it as text
-        pass
-    return text, metric
-
-
-def image_sources(run_dir: Path) -> tuple[list[Path], list[Path]]:
-    """(folders, zip archives) in which the test items' paths may be found: the run folder, the
-    current folder, and the config's ``data.root`` (the embedded Omniglot zip when an
-    ``omniglot`` run has no root)."""
-    dirs, zips = [run_dir, Path.cwd()], []
-    path = run_dir / "config.yaml"
-    try:
-        import yaml
-
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        data = cfg.get("data", {}) if isinstance(cfg, dict) else {}
-        root = data.get("root") if isinstance(data, dict) else None
-        if root:
-            root_path = Path(str(root)).expanduser()
-            if root_path.suffix.lower() == ".zip":
-                zips.append(root_path)
-            elif root_path.is_dir():
-                dirs.append(root_path)
-        elif isinstance(data, dict) and data.get("name") == "omniglot":
-            from deepmetric.data.omniglot import embedded_omniglot_zip
-
-            zips.append(embedded_omniglot_zip())
-    except Exception:  # images are a nicety: an odd config only means placeholders
-        pass
-    return dirs, zips
-
-
-def _confusion(run_dir: Path, test_block: Mapping[str, Any]) -> tuple[np.ndarray, list[str] | None] | None:
-    cm = test_block.get("confusion_matrix") if isinstance(test_block, Mapping) else None
-    if cm is not None:
-        arr = np.asarray(cm, dtype=float)
-        if arr.ndim == 2 and arr.shape[0] == arr.shape[1] and arr.size:
-            names = test_block.get("class_names")
-            return arr, list(names) if isinstance(names, list) else None
-    pred_path = run_dir / "test_predictions.npz"
-    if pred_path.is_file():
-        with np.load(pred_path, allow_pickle=False) as npz:
-            if "labels" in npz.files and "predictions" in npz.files:
-                y, p = npz["labels"], npz["predictions"]
-                if y.shape == p.shape and y.size:
-                    classes = np.unique(np.concatenate([y, p]))
-                    pos = {c: i for i, c in enumerate(classes.tolist())}
-                    arr = np.zeros((len(classes), len(classes)))
-                    for a, b in zip(y.tolist(), p.tolist()):
-                        arr[pos[a], pos[b]] += 1
-                    names = [str(c) for c in npz["class_names"]] if "class_names" in npz.files else [str(c) for c in classes]
-                    return arr, names
-    return None
-
-
-def make_plots(run_dir: Path, seed: int = 0) -> tuple[dict[str, Path], list[str]]:
-    """Write every plot the run folder has data for; returns ({name: png}, notes on what is missing)."""
-    out_dir = run_dir / PLOTS_DIR
-    made: dict[str, Path] = {}
-    notes: list[str] = []
-    metrics = load_metrics(run_dir)
-
-    log_path = run_dir / "log.csv"
-    if log_path.is_file():
-        log = read_log(log_path)
-        if log.get("step") and log.get("loss"):
-            steps, loss = np.asarray(log["step"]), np.asarray(log["loss"])
-            keep = np.isfinite(steps) & np.isfinite(loss)
-            lrs = np.asarray(log["lr"])[keep] if "lr" in log else None
-            if keep.any():
-                made["loss"] = plots.plot_training_curves(steps[keep], loss[keep], lrs, out_dir / "loss.png")
-    if "loss" not in made:
-        notes.append("no training log (log.csv with step and loss columns): loss curve skipped")
-
-    curves: dict[str, tuple[list[float], list[float]]] = {}
-    for ev in metrics.get("evaluations", []) or []:
-        if not isinstance(ev, Mapping) or ev.get("split", "val") == "test":
-            continue
-        step = ev.get("step")
-        for name, value in numeric_metrics(ev).items():
-            if isinstance(step, (int, float)) and math.isfinite(value) and not is_count(name):
-                curves.setdefault(name, ([], []))
-                curves[name][0].append(float(step))
-                curves[name][1].append(value)
-    if curves:
-        keep = [n for n in CURVE_METRICS if n in curves]
-        curves = {n: curves[n] for n in (keep or order_metrics(list(curves))[:MAX_CURVES])}
-        split = next((ev.get("split") for ev in metrics.get("evaluations", []) if isinstance(ev, Mapping)), "val")
-        # dashed untrained levels only when the baseline was measured on the same split
-        base_block = metrics.get("baseline")
-        same_split = isinstance(base_block, Mapping) and base_block.get("split", split) == split
-        base = _baseline_block(metrics, str(split)) if same_split else {}
-        best = metrics.get("best") if isinstance(metrics.get("best"), Mapping) else {}
-        made["metrics"] = plots.plot_metric_curves(
-            curves, {k: v for k, v in base.items() if k in curves}, out_dir / "metrics.png",
-            best_step=best.get("step") if isinstance(best.get("step"), (int, float)) else None,
-            title=f"Metrics on the {split} split during training",
-        )
-    else:
-        notes.append("no evaluations in metrics.json: metric curves skipped")
-
-    test = numeric_metrics(metrics.get("test"))
-    baseline_test = _baseline_block(metrics, "test")
-    series = {}
-    if plots.recall_at_k(baseline_test):
-        series["untrained"] = plots.recall_at_k(baseline_test)
-    if plots.recall_at_k(test):
-        series["trained"] = plots.recall_at_k(test)
-    if series:
-        made["recall"] = plots.plot_recall_at_k(series, out_dir / "recall_at_k.png")
-    else:
-        notes.append("no Recall@K test metrics: Recall@K chart skipped")
-
-    emb_path = run_dir / "test_embeddings.npz"
-    if emb_path.is_file():
-        from deepmetric.embeddings_io import load_embeddings
-
-        data = load_embeddings(emb_path)
-        _, knn_metric = _config_metric(run_dir)
-        dirs, zips = image_sources(run_dir)
-        if len(data) >= 3:
-            made["projection"] = plots.plot_projection(data.embeddings, data.labels, out_dir / "projection.png", seed=seed)
-        if len(data) >= 2:
-            made["retrieval"] = plots.plot_retrieval_grid(
-                data.embeddings, data.labels, data.paths, out_dir / "retrieval.png",
-                metric=knn_metric, seed=seed, base_dirs=dirs, base_zips=zips,
-            )
-    else:
-        notes.append("no test_embeddings.npz: embedding map and retrieval grid skipped")
-
-    test_block = metrics.get("test") if isinstance(metrics.get("test"), Mapping) else {}
-    conf = _confusion(run_dir, test_block)
-    if conf is not None:
-        made["confusion"] = plots.plot_confusion_matrix(conf[0], out_dir / "confusion_matrix.png", conf[1])
-    figures = run_dir / FIGURES_DIR
-    if figures.is_dir():
-        for png in sorted(figures.glob("*.png")):
-            made[f"figure:{png.stem}"] = png
-    return made, notes
-
-
-CAPTIONS = {
-    "loss": ("Training loss", "Loss at every logged step; the dark line is a running mean."),
-    "metrics": ("Metrics during training", "Validation metrics at each evaluation; dashed lines are the untrained network."),
-    "recall": ("Recall@K", "Fraction of test queries with a same-class item among their K nearest neighbours."),
-    "projection": ("Embedding map", "2-D projection of test embeddings, one colour per class: tight, separate clusters are good."),
-    "retrieval": ("Retrieval examples", "Each row: a test query and its nearest neighbours; green frames are the same class, red are not."),
-    "confusion": ("Confusion matrix", "Rows are true classes, columns predicted classes."),
-}
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1000px;color:#222;padding:0 1em}
@@ -304,58 +131,384 @@ table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;paddin
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 .up{color:#1a9850}.down{color:#d73027}img{max-width:100%;border:1px solid #eee}
 pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:0.85em}.note{color:#777;font-size:0.9em}
+.warning{background:#fff4e5;border-left:4px solid #f0a030;padding:0.4em 0.8em}
 """
 
 
-def render_html(run_dir: Path, made: Mapping[str, Path], notes: list[str]) -> str:
-    """The report page; images are referenced relative to the run folder."""
-    metrics = load_metrics(run_dir)
-    config_text, _ = _config_metric(run_dir)
-    test = numeric_metrics(metrics.get("test"))
-    baseline = _baseline_block(metrics, "test")
+def page_head(title: str, run_dir: Path) -> list[str]:
+    """The opening of a report page: title, run folder and time of generation."""
     e = html.escape
-    parts = [
+    return [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
         f"<title>deepmetric report: {e(run_dir.name)}</title><style>{STYLE}</style></head><body>",
-        f"<h1>deepmetric run report: {e(run_dir.name)}</h1>",
+        f"<h1>{e(title)}: {e(run_dir.name)}</h1>",
         f"<p class='note'>Run folder: {e(str(run_dir.resolve()))}<br>"
         f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}</p>",
-        "<h2>Test metrics</h2>",
     ]
-    rows = summary_rows(baseline, test)
-    if rows:
-        parts.append("<table><tr><th>metric</th><th>untrained</th><th>trained</th><th>change</th></tr>")
-        for name, b, t in rows:
-            change, cls = "-", ""
-            if b is not None and t is not None:
-                change = f"{t - b:+.4f}"
-                cls = "up" if t > b else "down" if t < b else ""
-            parts.append(f"<tr><td>{e(name)}</td><td>{_fmt(b)}</td><td>{_fmt(t)}</td><td class='{cls}'>{change}</td></tr>")
-        parts.append("</table>")
-    else:
-        parts.append("<p class='note'>No test metrics yet (metrics.json has no 'test' entry).</p>")
-    best = metrics.get("best")
-    if isinstance(best, Mapping) and best:
-        parts.append(
-            f"<p>Best checkpoint: step {e(str(best.get('step', '?')))}, "
-            f"{e(str(best.get('metric', '?')))} = {e(_fmt(best.get('value')) if isinstance(best.get('value'), (int, float)) else str(best.get('value')))} "
-            "(chosen on the validation split; the test metrics above are of this checkpoint).</p>"
+
+
+def warnings_html(warnings: Sequence[str]) -> list[str]:
+    """Warnings of a run file as highlighted paragraphs."""
+    return [f"<p class='warning'>Warning: {html.escape(w)}</p>" for w in warnings]
+
+
+def notes_html(notes: Sequence[str]) -> list[str]:
+    """The 'Not shown' section listing what was skipped and why."""
+    if not notes:
+        return []
+    return ["<h2>Not shown</h2><ul>" + "".join(f"<li class='note'>{html.escape(n)}</li>" for n in notes) + "</ul>"]
+
+
+# ---------------------------------------------------------------------------------------------
+# reading the run folder
+
+
+@dataclass
+class RunData:
+    """What the report knows about one run folder; ``notes`` say what is missing and why."""
+
+    run_dir: Path
+    metrics: MetricsFile | None = None
+    config_text: str = ""
+    config: Config | None = None
+    embeddings: EmbeddingSet | None = None
+    predictions: tuple[np.ndarray, np.ndarray, list[str] | None] | None = None
+    class_names: list[str] | None = None
+    confusion: np.ndarray | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _read_config(data: RunData) -> None:
+    from deepmetric.config import load_config
+
+    path = data.run_dir / "config.yaml"
+    if not path.is_file():
+        data.notes.append("no config.yaml: configuration not shown; the retrieval grid assumes cosine similarity")
+        return
+    try:
+        data.config_text = path.read_text(encoding="utf-8")
+        data.config = load_config(path)
+    except (OSError, UnicodeDecodeError, ConfigError) as exc:
+        data.notes.append(
+            f"config.yaml could not be used ({problem(exc)}): the retrieval grid assumes cosine similarity "
+            "and looks for images only in the run folder, the current folder and the package's data"
         )
-    for key in ("loss", "metrics", "recall", "projection", "retrieval", "confusion"):
+
+
+def _read_embeddings(data: RunData) -> None:
+    from deepmetric.embeddings_io import load_embeddings
+
+    path = data.run_dir / "test_embeddings.npz"
+    if not path.is_file():
+        data.notes.append("no test_embeddings.npz: embedding map and retrieval grid skipped")
+        return
+    try:
+        data.embeddings = load_embeddings(path)
+    except DataError as exc:
+        data.notes.append(f"test_embeddings.npz could not be read ({problem(exc)}): embedding map and retrieval grid skipped")
+
+
+def _read_predictions(data: RunData) -> None:
+    path = data.run_dir / PREDICTIONS_FILE
+    if not path.is_file():
+        return  # not a classification run
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            if "labels" not in npz.files or "predictions" not in npz.files:
+                data.notes.append(f"{PREDICTIONS_FILE} lacks 'labels' or 'predictions': confusion matrix skipped")
+                return
+            labels, predictions = np.asarray(npz["labels"]), np.asarray(npz["predictions"])
+            names = [str(n) for n in npz["class_names"]] if "class_names" in npz.files else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        data.notes.append(f"{PREDICTIONS_FILE} could not be read ({problem(exc)}): confusion matrix skipped")
+        return
+    data.predictions = (labels, predictions, names)
+
+
+def names_from_paths(labels: np.ndarray, paths: Sequence[str]) -> list[str] | None:
+    """Class names from the items' parent folder names, in label order: only when the labels are
+    0..C-1 and every class's items share one parent name that no other class has."""
+    labels = np.asarray(labels)
+    if labels.size == 0 or labels.dtype.kind not in "iu" or len(paths) != labels.size or labels.min() < 0:
+        return None
+    parents: dict[int, set[str]] = {}
+    for label, path in zip(labels.tolist(), paths):
+        parents.setdefault(int(label), set()).add(Path(str(path).replace("\\", "/")).parent.name)
+    if sorted(parents) != list(range(len(parents))) or any(len(p) != 1 or not next(iter(p)) for p in parents.values()):
+        return None
+    names = [next(iter(parents[c])) for c in range(len(parents))]
+    return names if len(set(names)) == len(names) else None
+
+
+def _choose_class_names(data: RunData) -> None:
+    if data.metrics is not None and data.metrics.class_names:
+        data.class_names = list(data.metrics.class_names)
+    elif data.predictions is not None and data.predictions[2]:
+        data.class_names = data.predictions[2]
+    elif data.embeddings is not None:
+        data.class_names = names_from_paths(data.embeddings.labels, data.embeddings.paths)
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int | None = None) -> np.ndarray | None:
+    """Counts (rows true, columns predicted) over classes 0..C-1; None when the arrays do not
+    hold matching non-negative integer class indices (below ``num_classes`` when given)."""
+    y, p = np.asarray(labels), np.asarray(predictions)
+    if y.shape != p.shape or y.ndim != 1 or not y.size or y.dtype.kind not in "iu" or p.dtype.kind not in "iu":
+        return None
+    top = int(max(y.max(), p.max()))
+    c = num_classes if num_classes is not None else top + 1
+    if min(int(y.min()), int(p.min())) < 0 or top >= c:
+        return None
+    matrix = np.zeros((c, c))
+    np.add.at(matrix, (y.astype(np.int64), p.astype(np.int64)), 1)
+    return matrix
+
+
+def _build_confusion(data: RunData) -> None:
+    if data.predictions is None:
+        return
+    labels, predictions, names = data.predictions
+    num = len(names) if names else (len(data.class_names) if data.class_names else None)
+    data.confusion = confusion_matrix(labels, predictions, num)
+    if data.confusion is None:
+        data.notes.append(
+            f"{PREDICTIONS_FILE}: 'labels' and 'predictions' are not matching class indices"
+            + (f" below {num} (the number of class names)" if num else "") + ": confusion matrix skipped"
+        )
+
+
+def read_run(run_dir: Path) -> RunData:
+    """Everything the report shows of ``run_dir``; raises :class:`DataError` for a corrupt
+    ``metrics.json``."""
+    data = RunData(run_dir)
+    if (run_dir / METRICS_FILE).is_file():
+        data.metrics = read_metrics(run_dir)
+    _read_config(data)
+    _read_embeddings(data)
+    _read_predictions(data)
+    _choose_class_names(data)
+    _build_confusion(data)
+    return data
+
+
+def packaged_archives() -> list[Path]:
+    """Zip archives shipped in the package's assets (e.g. the demo's data set)."""
+    assets = Path(__file__).resolve().parents[1] / "assets"
+    return sorted(assets.rglob("*.zip")) if assets.is_dir() else []
+
+
+def image_sources(run_dir: Path, config: Config | None) -> tuple[list[Path], list[Path]]:
+    """(folders, zip archives) in which the test items' paths may be found: the run folder, the
+    current folder, the config's ``data.root`` (a folder or a zip), and the zips shipped in the
+    package (datasets read from a packaged zip store member names)."""
+    dirs, zips = [run_dir, Path.cwd()], []
+    root = config.data.root if config is not None else None
+    if root:
+        root_path = Path(str(root)).expanduser()
+        if root_path.suffix.lower() == ".zip":
+            zips.append(root_path)
+        elif root_path.is_dir():
+            dirs.append(root_path)
+    return dirs, zips + packaged_archives()
+
+
+# ---------------------------------------------------------------------------------------------
+# plots
+
+
+def _loss_plot(data: RunData, out_dir: Path, made: dict[str, Path]) -> None:
+    path = data.run_dir / "log.csv"
+    if not path.is_file():
+        data.notes.append("no training log (log.csv): loss curve skipped")
+        return
+    try:
+        log = read_log(path)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        data.notes.append(f"log.csv could not be read ({problem(exc)}): loss curve skipped")
+        return
+    if log.get("step") and log.get("loss"):
+        steps, loss = np.asarray(log["step"]), np.asarray(log["loss"])
+        keep = np.isfinite(steps) & np.isfinite(loss)
+        lrs = np.asarray(log["lr"])[keep] if "lr" in log else None
+        if keep.any():
+            made["loss"] = plots.plot_training_curves(steps[keep], loss[keep], lrs, out_dir / "loss.png")
+            return
+    data.notes.append("log.csv has no step and loss values: loss curve skipped")
+
+
+def _curves_plot(data: RunData, out_dir: Path, made: dict[str, Path]) -> None:
+    m = data.metrics
+    evaluations = m.evaluations if m is not None else []
+    split = evaluations[0].split if evaluations else ""
+    curves: dict[str, tuple[list[float], list[float]]] = {}
+    for ev in evaluations:
+        if ev.split != split:
+            continue
+        for name, value in finite_metrics(ev.metrics).items():
+            if not is_count(name):
+                steps, values = curves.setdefault(name, ([], []))
+                steps.append(float(ev.step))
+                values.append(value)
+    if not curves:
+        data.notes.append("no evaluations in metrics.json: metric curves skipped")
+        return
+    keep = [n for n in CURVE_METRICS if n in curves] or order_metrics(list(curves))[:MAX_CURVES]
+    base = finite_metrics(m.baseline.metrics) if m is not None and m.baseline and m.baseline.split == split else {}
+    made["metrics"] = plots.plot_metric_curves(
+        {n: curves[n] for n in keep}, {k: v for k, v in base.items() if k in keep}, out_dir / "metrics.png",
+        best_step=m.best.step if m is not None and m.best is not None else None,
+        title=f"Metrics on the {split} split during training",
+    )
+
+
+def _recall_plot(data: RunData, out_dir: Path, made: dict[str, Path]) -> None:
+    m = data.metrics
+    series = {}
+    baseline = plots.recall_at_k(finite_metrics(m.baseline.metrics)) if m is not None and m.baseline else {}
+    trained = plots.recall_at_k(finite_metrics(m.test)) if m is not None else {}
+    if baseline:
+        series["untrained"] = baseline
+    if trained:
+        series["trained"] = trained
+    if series:
+        made["recall"] = plots.plot_recall_at_k(series, out_dir / "recall_at_k.png")
+    else:
+        data.notes.append("no Recall@K test metrics: Recall@K chart skipped")
+
+
+def _embedding_plots(data: RunData, out_dir: Path, made: dict[str, Path], seed: int) -> None:
+    emb = data.embeddings
+    if emb is None:
+        return
+    if len(emb) >= 3:
+        made["projection"] = plots.plot_projection(emb.embeddings, emb.labels, out_dir / "projection.png",
+                                                   seed=seed, class_names=data.class_names)
+    if len(emb) >= 2:
+        dirs, zips = image_sources(data.run_dir, data.config)
+        made["retrieval"] = plots.plot_retrieval_grid(
+            emb.embeddings, emb.labels, emb.paths, out_dir / "retrieval.png",
+            metric=data.config.eval.metric if data.config is not None else "cosine", seed=seed,
+            base_dirs=dirs, base_zips=zips, class_names=data.class_names,
+        )
+
+
+def make_plots(data: RunData, seed: int = 0) -> dict[str, Path]:
+    """Write every plot the run folder has data for into ``plots/``; returns {name: png} (and
+    adds to ``data.notes`` what is missing). ``figure:<stem>`` entries are ``figures/*.png``."""
+    out_dir = data.run_dir / PLOTS_DIR
+    made: dict[str, Path] = {}
+    _loss_plot(data, out_dir, made)
+    _curves_plot(data, out_dir, made)
+    _recall_plot(data, out_dir, made)
+    _embedding_plots(data, out_dir, made, seed)
+    if data.confusion is not None:
+        made["confusion"] = plots.plot_confusion_matrix(data.confusion, out_dir / "confusion_matrix.png", data.class_names)
+    figures = data.run_dir / FIGURES_DIR
+    if figures.is_dir():
+        for png in sorted(figures.glob("*.png")):
+            made[f"figure:{png.stem}"] = png
+    return made
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML
+
+
+CAPTIONS = {
+    "loss": ("Training loss", "Loss at every logged step; the dark line is a running mean."),
+    "metrics": ("Metrics during training", "Selection-split metrics at each evaluation; dashed lines are the untrained network."),
+    "recall": ("Recall@K", "Fraction of test queries with a same-class item among their K nearest neighbours."),
+    "projection": ("Embedding map", "2-D projection of test embeddings, one colour per class: tight, separate clusters are good."),
+    "retrieval": ("Retrieval examples", "Each row: a test query and its nearest neighbours; green frames are the same class, red are not."),
+    "confusion": ("Confusion matrix", "Rows are true classes, columns predicted classes."),
+}
+
+
+def _image(run_dir: Path, png: Path, title: str, caption: str) -> str:
+    e = html.escape
+    rel = png.relative_to(run_dir).as_posix()
+    return f"<h2>{e(title)}</h2><p class='note'>{e(caption)}</p><img src='{e(rel)}' alt='{e(title)}'>"
+
+
+def _metrics_table(m: MetricsFile | None) -> list[str]:
+    test = finite_metrics(m.test) if m is not None else {}
+    baseline = finite_metrics(m.baseline.metrics) if m is not None and m.baseline else {}
+    rows = summary_rows(baseline, test)
+    if not rows:
+        return ["<p class='note'>No test metrics yet (metrics.json has no 'test' entry).</p>"]
+    parts = ["<table><tr><th>metric</th><th>untrained</th><th>trained</th><th>change</th></tr>"]
+    for name, b, t in rows:
+        change, cls = "-", ""
+        if b is not None and t is not None:
+            change = f"{t - b:+.4f}"
+            cls = "up" if t > b else "down" if t < b else ""
+        parts.append(f"<tr><td>{html.escape(name)}</td><td>{fmt(b)}</td><td>{fmt(t)}</td><td class='{cls}'>{change}</td></tr>")
+    parts.append("</table>")
+    return parts
+
+
+def _best_line(m: MetricsFile | None) -> list[str]:
+    if m is None or m.best is None:
+        return []
+    e = html.escape
+    return [
+        f"<p>Best checkpoint: step {m.best.step}, {e(m.best.metric)} = {fmt(m.best.value)} "
+        f"(chosen on the {e(m.selection_split)} split; the test metrics above are of this checkpoint"
+        f"{', so they are optimistic' if m.selection_split == 'test' else ''}).</p>"
+    ]
+
+
+def per_class_rows(matrix: np.ndarray, class_names: Sequence[str] | None) -> list[tuple[str, int, int, float | None]]:
+    """(class name, test items, correctly predicted, accuracy) per row of a confusion matrix."""
+    rows = []
+    for i in range(matrix.shape[0]):
+        support, correct = int(matrix[i].sum()), int(matrix[i, i])
+        name = plots.class_label(i, class_names if class_names and len(class_names) == matrix.shape[0] else None,
+                                 max_chars=10_000)
+        rows.append((name, support, correct, correct / support if support else None))
+    return rows
+
+
+def _confusion_section(data: RunData, made: Mapping[str, Path]) -> list[str]:
+    if "confusion" not in made or data.confusion is None:
+        return []
+    title, caption = CAPTIONS["confusion"]
+    parts = [_image(data.run_dir, made["confusion"], title, caption),
+             "<table><tr><th>class</th><th>test items</th><th>correct</th><th>accuracy</th></tr>"]
+    for name, support, correct, acc in per_class_rows(data.confusion, data.class_names):
+        parts.append(f"<tr><td>{html.escape(name)}</td><td>{support}</td><td>{correct}</td><td>{fmt(acc)}</td></tr>")
+    parts.append("</table>")
+    return parts
+
+
+def _figure_caption(data: RunData, png: Path) -> str:
+    path = png.with_suffix(".txt")
+    if not path.is_file():
+        return ""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        data.notes.append(f"caption {FIGURES_DIR}/{path.name} could not be read ({problem(exc)}): figure shown without it")
+        return ""
+
+
+def render_html(data: RunData, made: Mapping[str, Path]) -> str:
+    """The report page of one run; images are referenced relative to the run folder."""
+    m = data.metrics
+    parts = page_head("deepmetric run report", data.run_dir)
+    parts += warnings_html(m.warnings if m is not None else [])
+    parts += ["<h2>Test metrics</h2>", *_metrics_table(m), *_best_line(m)]
+    for key in ("loss", "metrics", "recall", "projection", "retrieval"):
         if key in made:
-            title, caption = CAPTIONS[key]
-            rel = made[key].relative_to(run_dir).as_posix()
-            parts.append(f"<h2>{e(title)}</h2><p class='note'>{e(caption)}</p><img src='{e(rel)}' alt='{e(title)}'>")
-    for key in made:
+            parts.append(_image(data.run_dir, made[key], *CAPTIONS[key]))
+    parts += _confusion_section(data, made)
+    for key, png in made.items():
         if key.startswith("figure:"):
-            stem = key.partition(":")[2]
-            title, caption = FIGURE_CAPTIONS.get(stem, (stem.replace("_", " ").capitalize(), ""))
-            rel = made[key].relative_to(run_dir).as_posix()
-            parts.append(f"<h2>{e(title)}</h2><p class='note'>{e(caption)}</p><img src='{e(rel)}' alt='{e(title)}'>")
-    if notes:
-        parts.append("<h2>Not shown</h2><ul>" + "".join(f"<li class='note'>{e(n)}</li>" for n in notes) + "</ul>")
-    if config_text:
-        parts.append(f"<h2>Configuration</h2><pre>{e(config_text)}</pre>")
+            title = png.stem.replace("_", " ").replace("-", " ").capitalize()
+            parts.append(_image(data.run_dir, png, title, _figure_caption(data, png)))
+    parts += notes_html(data.notes)
+    if data.config_text:
+        parts.append(f"<h2>Configuration</h2><pre>{html.escape(data.config_text)}</pre>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -363,12 +516,21 @@ def render_html(run_dir: Path, made: Mapping[str, Path], notes: list[str]) -> st
 def write_report(run_dir: str | Path, seed: int = 0) -> Path:
     """Write ``run_dir/plots/*.png`` and ``run_dir/report.html``; returns the HTML path.
 
-    Raises :class:`DataError` if ``run_dir`` is not a folder or its files are corrupt.
+    A multi-run protocol's parent folder (``summary.json`` and no ``metrics.json``) gets the
+    protocol page (:func:`deepmetric.evaluation.summary_report.write_summary_report`).
+    Raises :class:`DataError` if ``run_dir`` is not a folder or its ``metrics.json`` /
+    ``summary.json`` is corrupt.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise DataError(f"run folder '{run_dir}' not found; pass the folder that `deepmetric train` wrote (under runs/)")
-    made, notes = make_plots(run_dir, seed=seed)
+    if not (run_dir / METRICS_FILE).exists() and (run_dir / SUMMARY_FILE).is_file():
+        from deepmetric.evaluation.summary_report import write_summary_report
+
+        return write_summary_report(run_dir)
+    data = read_run(run_dir)
+    made = make_plots(data, seed=seed)
     out = run_dir / "report.html"
-    out.write_text(render_html(run_dir, made, notes), encoding="utf-8")
+    out.write_text(render_html(data, made), encoding="utf-8")
     return out
+

@@ -13,11 +13,11 @@ from typing import Any
 
 from torch import nn
 
-from deepmetric.errors import ConfigError, closest_match, unknown_name_message
+from deepmetric.errors import ConfigError, closest_match
 from deepmetric.losses.base import MetricLoss, PairLoss
+from deepmetric.registry import Registry
 
-#: loss name -> "module:Class" (module relative to deepmetric.losses)
-LOSS_REGISTRY: dict[str, str] = {
+_LOSS_CLASSES: dict[str, str] = {
     "contrastive": "contrastive:ContrastiveLoss",
     "osm_caa": "osm_caa:OSMCAALoss",
     "triplet": "triplet:TripletLoss",
@@ -32,14 +32,18 @@ LOSS_REGISTRY: dict[str, str] = {
     "triplet_hybrid": "triplet_hybrid:TripletHybridLoss",
 }
 
+#: loss name -> "deepmetric.losses.module:Class"; ``loss.name`` may also be an import path
+#: ``package.module:Name`` (e.g. a pytorch-metric-learning loss, or your own nn.Module)
+LOSSES = Registry("loss", {name: f"deepmetric.losses.{path}" for name, path in _LOSS_CLASSES.items()})
+LOSS_REGISTRY = LOSSES  # the earlier name
+
 
 def loss_class(name: str) -> type[nn.Module]:
-    """The class registered under ``name``."""
-    if name not in LOSS_REGISTRY:
-        raise ConfigError(unknown_name_message("loss", name, LOSS_REGISTRY))
-    module_name, class_name = LOSS_REGISTRY[name].split(":")
-    module = importlib.import_module(f"deepmetric.losses.{module_name}")
-    return getattr(module, class_name)
+    """The class registered under ``name``, or imported from ``package.module:Name``."""
+    cls = LOSSES.resolve(name)
+    if not callable(cls):
+        raise ConfigError(f"loss '{name}' is {type(cls).__name__}, not a loss class or factory")
+    return cls
 
 
 def check_kwargs(target: Any, kwargs: dict[str, Any], what: str) -> None:
@@ -69,6 +73,7 @@ EXTRA_EXPORTS: dict[str, str] = {
     "Hybrid": "classification:Hybrid",
     "predict": "classification:predict",
     "SymmetricalSynthesis": "synthesis:SymmetricalSynthesis",
+    "MultiOutputLoss": "multi_output:MultiOutputLoss",
 }
 
 
@@ -76,7 +81,7 @@ def __getattr__(attr: str) -> Any:
     if attr in EXTRA_EXPORTS:
         module_name, name = EXTRA_EXPORTS[attr].split(":")
         return getattr(importlib.import_module(f"deepmetric.losses.{module_name}"), name)
-    for path in LOSS_REGISTRY.values():
+    for path in _LOSS_CLASSES.values():
         module_name, class_name = path.split(":")
         if class_name == attr:
             return getattr(importlib.import_module(f"deepmetric.losses.{module_name}"), class_name)
@@ -84,6 +89,6 @@ def __getattr__(attr: str) -> Any:
 
 
 __all__ = [
-    "LOSS_REGISTRY", "MetricLoss", "PairLoss", "build_loss", "check_kwargs", "loss_class",
+    "LOSSES", "LOSS_REGISTRY", "MetricLoss", "PairLoss", "build_loss", "check_kwargs", "loss_class",
     "Hybrid", "predict", "SymmetricalSynthesis",
 ]

@@ -185,6 +185,18 @@ class CenterStructuredLoss(MetricLoss):
         """Classifier-head logits, N x K."""
         return self.classifier(embeddings)
 
+    def classifier_trained(self) -> bool:
+        """True when the cross-entropy term is on (``use_ce`` and ``ce_weight > 0``)."""
+        return self.use_ce and self.ce_weight > 0
+
+    def centers_trained(self) -> bool:
+        """True when the centers move: EMA updates, or the structured or center term on."""
+        return (
+            self.center_update == "ema"
+            or (self.use_structured and self.lam_s > 0)
+            or (self.use_center and self.lam_c > 0)
+        )
+
     def predict_softmax(self, embeddings: Tensor) -> Tensor:
         """Predicted class per row from the softmax head (argmax of the logits)."""
         return self.logits(embeddings).argmax(dim=1)

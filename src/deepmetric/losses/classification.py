@@ -62,6 +62,10 @@ class NormalizedSoftmaxLoss(MetricLoss):
         """N x C logits :math:`\\cos(f_i, w_c) / T`."""
         return cosine_logits(embeddings, self.weight, self.temperature)
 
+    def classifier_trained(self) -> bool:
+        """Always: the loss is the classifier's cross-entropy."""
+        return True
+
     def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         return normalized_softmax_loss(embeddings, self.weight, labels, self.temperature)
 
@@ -129,6 +133,13 @@ class Hybrid(MetricLoss):
                 f"{tuple(out.shape)} for {embeddings.shape[0]} embeddings; fix the classifier"
             )
         return out
+
+    def classifier_trained(self) -> bool:
+        """True when the cross-entropy term is on (``ce_weight > 0``)."""
+        return self.ce_weight > 0
+
+    def wrapped_losses(self) -> list[nn.Module]:
+        return [self.metric_loss]
 
     def terms(self, embeddings: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """The unweighted parts: ``{"metric": ..., "ce": ...}`` (``ce`` absent if ce_weight = 0)."""

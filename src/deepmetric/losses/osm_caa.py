@@ -128,6 +128,14 @@ class OSMCAALoss(PairLoss):
                 f"[{int(labels.min())}, {int(labels.max())}]; remap labels to 0..C-1 or raise num_classes"
             )
 
+    def logits(self, embeddings: Tensor) -> Tensor:
+        """N x C scores of the CAA classifier."""
+        return self.classifier(embeddings)
+
+    def classifier_trained(self) -> bool:
+        """True when the classifier's cross-entropy term is on (``ce_weight > 0``)."""
+        return self.ce_weight > 0
+
     def attention(self, embeddings: Tensor, labels: Tensor, logits: Tensor | None = None) -> Tensor:
         """Constant per-sample CAA attention :math:`a_i` (ones when ``use_caa`` is False).
 

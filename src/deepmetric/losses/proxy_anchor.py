@@ -69,6 +69,10 @@ class ProxyAnchorLoss(MetricLoss):
         """Class scores for prediction: the cosine similarity to each proxy."""
         return self.similarities(embeddings)
 
+    def classifier_trained(self) -> bool:
+        """Always: the proxies are what the loss trains."""
+        return True
+
     def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         return proxy_anchor_loss(
             self.similarities(embeddings), labels, margin=self.margin, alpha=self.alpha

@@ -107,6 +107,9 @@ class SymmetricalSynthesis(MetricLoss):
         """The base loss's matrix kind: True for similarities, False for distances."""
         return self.base_loss.higher_is_closer
 
+    def wrapped_losses(self) -> list[nn.Module]:
+        return [self.base_loss]
+
     def synthesized_matrix(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         """The N x N matrix handed to the base loss (negatives replaced by the hardest of four)."""
         base = self.base_loss

@@ -6,9 +6,9 @@ For a batch laid out as ``[anchors; positives; negatives]`` (B each, from
 .. math::
 
     L = \frac{1}{B} \sum_i [d(a_i, p_i) - d(a_i, n_i) + m]_+
-        + \lambda \cdot \frac{1}{3} \left( CE_a + CE_p + CE_n \right)
+        + w_{CE} \cdot \frac{1}{3} \left( CE_a + CE_p + CE_n \right)
 
-with Euclidean distances, margin m = 0.2 and :math:`\lambda = 1` by default (METHODS.md
+with Euclidean distances, margin m = 0.2 and the cross-entropy weight :math:`w_{CE}` = ``ce_weight`` = 1 by default (METHODS.md
 section 5, a reconstruction from the abstract). One linear classifier, owned by the loss, is
 shared by the three branches; predict with :meth:`TripletHybridLoss.logits`.
 """
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from deepmetric.errors import InputError
+from deepmetric.errors import ConfigError, InputError
 from deepmetric.losses.base import MetricLoss
 
 
@@ -31,16 +31,22 @@ def explicit_triplet_loss(anchors: Tensor, positives: Tensor, negatives: Tensor,
 
 
 class TripletHybridLoss(MetricLoss):
-    """Triplet loss on explicit (anchor, positive, negative) rows plus ``lam`` x mean CE."""
+    """Triplet loss on explicit (anchor, positive, negative) rows plus ``ce_weight`` x mean CE."""
 
-    def __init__(self, num_classes: int, embedding_dim: int, margin: float = 0.2, lam: float = 1.0) -> None:
+    def __init__(self, num_classes: int, embedding_dim: int, margin: float = 0.2, ce_weight: float = 1.0) -> None:
         super().__init__()
+        if ce_weight < 0:
+            raise ConfigError(f"triplet_hybrid ce_weight must be >= 0, got {ce_weight}; use 1.0")
         self.classifier = nn.Linear(embedding_dim, num_classes)
-        self.margin, self.lam = margin, lam
+        self.margin, self.ce_weight = margin, float(ce_weight)
 
     def logits(self, embeddings: Tensor) -> Tensor:
         """Class scores of the shared classifier."""
         return self.classifier(embeddings)
+
+    def classifier_trained(self) -> bool:
+        """True when the cross-entropy term is on (``ce_weight > 0``)."""
+        return self.ce_weight > 0
 
     def compute(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         n = embeddings.shape[0]
@@ -60,4 +66,4 @@ class TripletHybridLoss(MetricLoss):
         triplet = explicit_triplet_loss(a, p, ng, self.margin)
         # the mean of the three branch CEs equals the CE over all 3B rows (equal branch sizes)
         ce = F.cross_entropy(self.classifier(embeddings), labels)
-        return triplet + self.lam * ce
+        return triplet + self.ce_weight * ce

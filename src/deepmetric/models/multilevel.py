@@ -10,10 +10,12 @@ feature map, ``"stage<k>"`` the k-th, and ``"final"`` the last one. On ``tf_effi
 (five stages at strides 2, 4, 8, 16, 32) the default ``("stage3", "stage4", "final")`` are the
 stride-8, 16 and 32 maps (40, 112 and 320 channels), the same strides as the paper's heads.
 
-* train mode: ``forward`` returns ``{head name: embedding}`` (each L2-normalised when
-  ``normalize``), to be scored by :class:`MultiHeadLoss` (one loss per head, summed);
-* eval mode: ``forward`` returns the concatenation of the heads, re-normalised to unit length
-  when ``normalize``.
+``forward`` returns named outputs in train and eval mode alike (the
+:class:`~deepmetric.models.contracts.MultiOutputModel` contract): ``{head name: embedding}``
+(each L2-normalised when ``normalize``), scored in training by
+:class:`~deepmetric.losses.multi_output.MultiOutputLoss` (one loss per head, summed), plus
+``"embedding"``: the concatenation of the heads, re-normalised to unit length when ``normalize``,
+which evaluation, search and export use.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from deepmetric.errors import ConfigError, DataError, InputError, closest_match
+from deepmetric.models.contracts import EMBEDDING
 
 FINAL = "final"
 
@@ -141,6 +144,7 @@ class MultiLevelEmbedder(nn.Module):
         self._feature_slot = dict(zip(heads, indices))
         self.heads = nn.ModuleDict({h: PooledHead(channels[i], d) for h, i, d in zip(heads, indices, dims)})
         self.head_dims: dict[str, int] = dict(zip(heads, dims))
+        self.output_dims: dict[str, int] = self.head_dims  # the MultiOutputModel contract
         self.embedding_dim = sum(dims)
         self.normalize = bool(normalize)
         self.backbone_name = backbone
@@ -172,9 +176,11 @@ class MultiLevelEmbedder(nn.Module):
         cat = torch.cat(list(self.forward_heads(images).values()), dim=1)
         return F.normalize(cat, dim=1) if self.normalize else cat
 
-    def forward(self, images: Tensor) -> dict[str, Tensor] | Tensor:
-        """Train mode: the per-head dict (for :class:`MultiHeadLoss`); eval mode: :meth:`embed`."""
-        return self.forward_heads(images) if self.training else self.embed(images)
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        """``{head: embedding, ..., "embedding": the re-normalised concatenation}``."""
+        heads = self.forward_heads(images)
+        cat = torch.cat(list(heads.values()), dim=1)
+        return {**heads, EMBEDDING: F.normalize(cat, dim=1) if self.normalize else cat}
 
     # ------------------------------------------------------------------ train mode, params
     def train(self, mode: bool = True) -> MultiLevelEmbedder:
@@ -212,87 +218,3 @@ class MultiLevelEmbedder(nn.Module):
             f"backbone={self.backbone_name!r}, weights={self.weights_source!r}, heads={self.head_dims}, "
             f"normalize={self.normalize}, freeze_bn={self.freeze_bn}"
         )
-
-
-LossSpec = Mapping[str, nn.Module] | Sequence[nn.Module] | Callable[[str, int], nn.Module]
-
-
-class MultiHeadLoss(nn.Module):
-    r"""Sum of one loss per head: :math:`L = \sum_h w_h\, L_h(e_h, y)`.
-
-    Args:
-        losses: ``{head: loss}``, a list of losses in ``heads`` order, or a factory
-            ``factory(head_name, embedding_dim) -> loss`` (then ``heads`` is required).
-        heads: ``{head name: embedding size}`` (``MultiLevelEmbedder.head_dims``); needed with a
-            factory or a list.
-        weights: optional ``{head: w_h}`` (default 1 for every head).
-
-    Every loss is a registered submodule, so losses that own parameters (OSM+CAA's classifier)
-    get one set per head and appear in ``.parameters()``. After each call ``last_losses`` holds the
-    per-head values (floats) for logging.
-    """
-
-    def __init__(
-        self,
-        losses: LossSpec,
-        heads: Mapping[str, int] | None = None,
-        weights: Mapping[str, float] | None = None,
-    ) -> None:
-        super().__init__()
-        if isinstance(losses, Mapping):
-            built = dict(losses)
-        elif isinstance(losses, nn.Module):
-            raise ConfigError(
-                "MultiHeadLoss needs one loss per head: pass {head: loss}, a list, or a factory "
-                "(head_name, embedding_dim) -> loss"
-            )
-        elif callable(losses):
-            if heads is None:
-                raise ConfigError("a loss factory needs heads={name: embedding_dim}; pass model.head_dims")
-            built = {h: losses(h, d) for h, d in heads.items()}
-        else:
-            losses = list(losses)
-            if heads is None or len(heads) != len(losses):
-                raise ConfigError(
-                    f"a list of {len(losses)} losses needs heads with as many names; pass heads=model.head_dims"
-                )
-            built = dict(zip(heads, losses))
-        if not built:
-            raise ConfigError("MultiHeadLoss needs at least one head")
-        self.losses = nn.ModuleDict(built)
-        weights = dict(weights or {})
-        unknown = set(weights) - set(built)
-        if unknown:
-            raise ConfigError(f"weights name unknown heads {sorted(unknown)}; valid heads: {list(built)}")
-        self.weights = {h: float(weights.get(h, 1.0)) for h in built}
-        self.last_losses: dict[str, float] = {}
-
-    @classmethod
-    def from_registry(cls, name: str, heads: Mapping[str, int], **params: object) -> MultiHeadLoss:
-        """One registered loss (``deepmetric.losses.build_loss``) per head; ``embedding_dim`` is
-        passed to losses whose constructor takes it (e.g. OSM+CAA's classifier)."""
-        from deepmetric.losses import build_loss, loss_class
-
-        takes_dim = "embedding_dim" in inspect.signature(loss_class(name)).parameters
-        return cls(lambda h, d: build_loss(name, **({"embedding_dim": d} if takes_dim else {}), **params), heads)
-
-    def forward(self, outputs: Mapping[str, Tensor] | Sequence[Tensor], labels: Tensor) -> Tensor:
-        if isinstance(outputs, Tensor):
-            raise InputError(
-                "MultiHeadLoss got one tensor; it needs the per-head embeddings that MultiLevelEmbedder "
-                "returns in train mode (call model.train())"
-            )
-        if not isinstance(outputs, Mapping):
-            outputs = dict(zip(self.losses.keys(), outputs))
-        missing = [h for h in self.losses if h not in outputs]
-        if missing:
-            raise InputError(f"model outputs lack heads {missing} (got {list(outputs)}); build the loss with model.head_dims")
-        total: Tensor | None = None
-        self.last_losses = {}
-        for head, loss_fn in self.losses.items():
-            value = loss_fn(outputs[head], labels)
-            self.last_losses[head] = float(value.detach())
-            term = self.weights[head] * value
-            total = term if total is None else total + term
-        assert total is not None
-        return total

@@ -1,30 +1,13 @@
 """Config -> objects, in one place: datasets, model, loss, sampler.
 
-Registries map a name to ``"module:attribute"`` (imported lazily, only when used) or to a
-callable. Adding a dataset or model is one line::
-
-    DATASET_REGISTRY["fsdd"] = "deepmetric.data.speech:fsdd_dataset"
-
-**Dataset loader contract.** A loader is called as
-``fn(root=..., split="train" | "test", transform=..., seed=..., **data.params)`` -- each of
-``root``, ``split``, ``transform`` and ``seed`` only if its signature has a parameter of that
-name -- and returns a ``torch.utils.data.Dataset`` whose items are ``(input, label, ...)`` with
-``.labels`` (one int per item) and optionally ``.paths``, ``.class_names``, ``.collate_fn`` and
-``.is_query`` (bool per item: the test split is then evaluated as queries against the rest as
-gallery). A loader without a ``split`` parameter may instead return a mapping
-``{"train": dataset, "test": dataset}``. ``data.params`` keys are checked against the signature.
-
-**Model builder contract.** Called with the ``model.*`` keys its signature accepts (plus
-``image_size`` from ``data.image_size``) and ``**model.params``; returns an ``nn.Module`` mapping
-a batch of inputs to N x D embeddings, with ``.embedding_dim`` and optionally
-``.train_transform()`` / ``.eval_transform()`` and ``.backbone_parameters()`` /
-``.head_parameters()``. A ``model.*`` key that the builder does not accept must stay at its
-default: a different value is an error.
+The registries live with their layers (:data:`deepmetric.data.registry.DATASETS`,
+:data:`deepmetric.data.registry.SAMPLERS`, :data:`deepmetric.models.registry.MODELS`,
+:data:`deepmetric.losses.LOSSES`); their module docstrings state the loader and builder
+contracts. Every name may also be an import path ``package.module:Name`` to your own part.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,15 +16,16 @@ from typing import Any
 from torch import nn
 
 from deepmetric.config import Config, LossConfig, ModelConfig, SamplerConfig
-from deepmetric.errors import ConfigError, DataError, unknown_name_message
+from deepmetric.data.registry import DATASETS, SAMPLERS
+from deepmetric.errors import ConfigError, DataError
 from deepmetric.losses import build_loss, check_kwargs
+from deepmetric.models.registry import MODELS
+from deepmetric.registry import Registry, import_path
 from deepmetric.training.views import SubsetView, carve_validation, dataset_labels
 
 __all__ = [
     "DATASET_REGISTRY",
     "MODEL_REGISTRY",
-    "SAMPLER",
-    "TRIPLET_SAMPLER",
     "Splits",
     "build_datasets",
     "build_loss_from_config",
@@ -50,58 +34,21 @@ __all__ = [
     "resolve",
 ]
 
-#: dataset name -> "module:function" (or a callable), see the loader contract above
-DATASET_REGISTRY: dict[str, str | Callable[..., Any]] = {
-    "folder": "deepmetric.data.folder:folder_dataset",
-    "csv": "deepmetric.data.manifest:csv_dataset",
-    "omniglot": "deepmetric.data.omniglot:omniglot_dataset",
-    "olivetti": "deepmetric.data.olivetti:olivetti_dataset",
-    "cub200": "deepmetric.data.benchmarks:cub200_dataset",
-    "cars196": "deepmetric.data.benchmarks:cars196_dataset",
-    "sop": "deepmetric.data.benchmarks:sop_dataset",
-    "inshop": "deepmetric.data.benchmarks:inshop_dataset",
-    "brazilian_coffee": "deepmetric.data.brazilian_coffee:brazilian_coffee_dataset",
-    "scene_folder": "deepmetric.data.scene_split:scene_folder_dataset",
-    "ph2": "deepmetric.experiments.skin_lesions:ph2_dataset",
-    "isic2016": "deepmetric.experiments.skin_lesions:isic2016_dataset",
-    "isic2017": "deepmetric.experiments.skin_lesions:isic2017_dataset",
-    "fsdd": "deepmetric.data.speech:fsdd_dataset",
-}
-
-#: model name -> "module:function" (or a callable), see the model builder contract above
-MODEL_REGISTRY: dict[str, str | Callable[..., Any]] = {
-    "embedder": "deepmetric.models:create_embedder",
-    "demal": "deepmetric.models.demal:create_demal",
-    "audio_cnn": "deepmetric.models.audio:UtteranceEmbedder",
-    "multilevel": "deepmetric.models.multilevel:MultiLevelEmbedder",
-}
-
-#: the P x K batch sampler class: (labels, p, k, seed, small_class_policy) with set_epoch(epoch)
-SAMPLER: str | Callable[..., Any] = "deepmetric.data.samplers:PKSampler"
-
-#: the triplet batch sampler class (``sampler.name: triplet``): (labels, triplets_per_batch,
-#: batches_per_epoch, seed) with set_epoch(epoch); batches laid out [anchors; positives; negatives]
-TRIPLET_SAMPLER: str | Callable[..., Any] = "deepmetric.data.triplet_sampler:TripletBatchSampler"
+#: the registries, under their earlier names
+DATASET_REGISTRY = DATASETS
+MODEL_REGISTRY = MODELS
 
 
 def resolve(entry: str | Callable[..., Any]) -> Callable[..., Any]:
     """Import ``"module:attribute"`` (or return a callable unchanged)."""
-    if callable(entry):
-        return entry
-    module_name, _, attr = entry.partition(":")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(
-            f"registry entry '{entry}' cannot be imported ({exc}); this component is not available "
-            "in this installation"
-        ) from exc
+    return entry if callable(entry) else import_path(entry, "registry entry")
 
 
-def _lookup(registry: Mapping[str, Any], name: str, kind: str) -> Callable[..., Any]:
-    if name not in registry:
-        raise ConfigError(unknown_name_message(kind, name, registry))
-    return resolve(registry[name])
+def _lookup(registry: Registry, name: str) -> Callable[..., Any]:
+    fn = registry.resolve(name)
+    if not callable(fn):
+        raise ConfigError(f"{registry.kind} '{name}' is {type(fn).__name__}, not a class or function")
+    return fn
 
 
 def _accepts(fn: Callable[..., Any]) -> tuple[set[str], bool]:
@@ -132,7 +79,7 @@ def resolved_freeze_bn(config: ModelConfig) -> bool:
 
 def build_model(config: Config) -> nn.Module:
     """The embedding network named by ``model.name``."""
-    fn = _lookup(MODEL_REGISTRY, config.model.name, "model")
+    fn = _lookup(MODELS, config.model.name)
     m = config.model
     standard = {
         "backbone": m.backbone,
@@ -175,16 +122,25 @@ def embedding_dim_of(model: nn.Module) -> int:
 
 
 def build_loss_from_config(
-    config: LossConfig, num_classes: int, embedding_dim: int, head_dims: Mapping[str, int] | None = None
+    config: LossConfig, num_classes: int, embedding_dim: int, outputs: Mapping[str, int] | None = None
 ) -> nn.Module:
     """``build_loss(name, **params)`` with ``num_classes`` / ``embedding_dim`` injected when the
     loss takes them, then wrapped with Symmetrical Synthesis and/or Hybrid (+ cross-entropy).
-    For a multi-head model (``head_dims``, e.g. :class:`~deepmetric.models.multilevel.MultiLevelEmbedder`)
-    every head gets its own such loss and their sum is returned (:class:`MultiHeadLoss`)."""
-    if head_dims:
-        from deepmetric.models.multilevel import MultiHeadLoss
 
-        return MultiHeadLoss(lambda _, dim: build_loss_from_config(config, num_classes, dim), dict(head_dims))
+    For a model with named outputs (``outputs`` = its ``output_dims``) every output gets its own
+    such loss, weighted by ``loss.heads`` (:class:`~deepmetric.losses.multi_output.MultiOutputLoss`).
+    """
+    if outputs:
+        from deepmetric.losses.multi_output import MultiOutputLoss
+
+        return MultiOutputLoss(
+            lambda _, dim: build_loss_from_config(config, num_classes, dim), dict(outputs), weights=config.heads
+        )
+    if config.heads:
+        raise ConfigError(
+            f"loss.heads is set ({config.heads}) but the model has a single output; remove loss.heads "
+            "or use a model with named outputs (multilevel, tracklet)"
+        )
     from deepmetric.losses import loss_class
 
     params = dict(config.params)
@@ -193,6 +149,8 @@ def build_loss_from_config(
         if key in names and key not in params:
             params[key] = value
     loss = build_loss(config.name, **params)
+    if not isinstance(loss, nn.Module):
+        raise ConfigError(f"loss '{config.name}' built a {type(loss).__name__}, not a torch.nn.Module")
     if config.synthesis == "symmetrical":
         from deepmetric.losses.synthesis import SymmetricalSynthesis
 
@@ -214,11 +172,14 @@ def build_loss_from_config(
 @dataclass
 class Splits:
     """The datasets of a run: ``train`` (training transform, labels 0..C-1), ``val`` (evaluation
-    transform, carved from the training split, or None) and ``test``."""
+    transform, carved from the training split, or None), ``test``, and ``support``: the training
+    items under the evaluation transform, with the dataset's own labels (word prototypes, k-NN
+    classification, nearest-center checks)."""
 
     train: SubsetView
     val: Any | None
     test: Any
+    support: SubsetView
 
     @property
     def num_classes(self) -> int:
@@ -232,7 +193,7 @@ def _transform(model: nn.Module, name: str) -> Any:
 
 def _load_splits(config: Config, transform: Any, splits: tuple[str, ...]) -> dict[str, Any]:
     d = config.data
-    fn = _lookup(DATASET_REGISTRY, d.name, "dataset")
+    fn = _lookup(DATASETS, d.name)
     names, var_kw = _accepts(fn)
     standard: dict[str, Any] = {"transform": transform, "seed": config.seed}
     if d.root is not None:
@@ -259,14 +220,15 @@ def build_datasets(config: Config, model: nn.Module) -> Splits:
             "data.val_fraction=0.2 (recommended) or eval.split=test"
         )
     train_aug = _load_splits(config, _transform(model, "train_transform"), ("train",))["train"]
-    evaluated = _load_splits(config, _transform(model, "eval_transform"), ("train", "test") if need_val else ("test",))
+    evaluated = _load_splits(config, _transform(model, "eval_transform"), ("train", "test"))
     labels = dataset_labels(train_aug)
     if len(set(labels)) < 2:
         raise DataError(f"the training split of dataset '{config.data.name}' has {len(set(labels))} class(es); need >= 2")
     train_idx, val_idx = carve_validation(labels, config.data.val_fraction, config.data.val_by, config.seed)
     train = SubsetView(train_aug, train_idx, remap=True)
     val = SubsetView(evaluated["train"], val_idx, remap=False) if need_val else None
-    return Splits(train=train, val=val, test=evaluated["test"])
+    support = SubsetView(evaluated["train"], train_idx, remap=False)
+    return Splits(train=train, val=val, test=evaluated["test"], support=support)
 
 
 def build_sampler(labels: list[int], config: SamplerConfig, seed: int, rank: int = 0, world_size: int = 1) -> Any:
@@ -284,8 +246,8 @@ def build_sampler(labels: list[int], config: SamplerConfig, seed: int, rank: int
         per_epoch = config.batches_per_epoch
         if per_epoch is None:
             per_epoch = max(1, -(-len(labels) // (3 * triplets)))
-        return resolve(TRIPLET_SAMPLER)(labels, triplets_per_batch=triplets, batches_per_epoch=per_epoch, seed=seed)
-    cls = resolve(SAMPLER)
+        return SAMPLERS.resolve("triplet")(labels, triplets_per_batch=triplets, batches_per_epoch=per_epoch, seed=seed)
+    cls = SAMPLERS.resolve("pk")
     if world_size > 1:
         return cls(labels, p=config.p, k=config.k, seed=seed, small_class_policy=config.small_class_policy,
                    rank=rank, world_size=world_size)

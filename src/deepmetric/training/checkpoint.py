@@ -19,7 +19,9 @@ import torch
 
 from deepmetric.errors import DataError
 
-__all__ = ["CHECKPOINT_FORMAT", "atomic_write", "load_checkpoint", "save_checkpoint", "write_json"]
+__all__ = [
+    "CHECKPOINT_FORMAT", "atomic_write", "init_weights", "load_checkpoint", "save_checkpoint", "save_npz", "write_json",
+]
 
 #: version of the checkpoint dict layout (see docs/run_folder.md)
 CHECKPOINT_FORMAT = 1
@@ -74,3 +76,45 @@ def write_json(obj: Any, path: str | Path) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)
     atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def save_npz(path: str | Path, **arrays: Any) -> None:
+    """Write ``numpy.savez`` arrays atomically (no object arrays: loads with ``allow_pickle=False``)."""
+    import numpy as np
+
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))
+
+
+def _checkpoint_of(source: str | Path) -> Path:
+    """A checkpoint file, or a run folder's ``checkpoints/best.pt`` (else ``last.pt``)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        for name in ("best.pt", "last.pt"):
+            if (path / "checkpoints" / name).is_file():
+                return path / "checkpoints" / name
+        raise DataError(f"model.init_from: run folder '{path}' holds no checkpoints/best.pt or last.pt; train it first")
+    if not path.is_file():
+        raise DataError(f"model.init_from: '{path}' is neither a run folder nor a checkpoint file; check the path")
+    return path
+
+
+def init_weights(model: torch.nn.Module, loss: torch.nn.Module, source: str | Path) -> dict[str, Any]:
+    """Initialise ``model`` (strictly) and ``loss`` (its classifier, centers, proxies: only when every
+    tensor's shape matches) from the checkpoint at ``source`` (``model.init_from``). Returns
+    ``{"checkpoint": path, "loss_loaded": bool}``."""
+    path = _checkpoint_of(source)
+    state = load_checkpoint(path)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0][:200]
+        raise DataError(
+            f"model.init_from: the weights in '{path}' do not fit this model ({first}); use a run of the same "
+            "model architecture"
+        ) from None
+    own = loss.state_dict()
+    saved = state.get("loss", {})
+    fits = set(own) == set(saved) and all(own[k].shape == saved[k].shape for k in own)
+    if fits:
+        loss.load_state_dict(saved)
+    return {"checkpoint": str(path), "loss_loaded": fits}

@@ -14,7 +14,7 @@ on every rank and are averaged only to remove round-off drift.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import torch
 import torch.distributed as dist
@@ -77,11 +77,14 @@ class GatheredLoss(nn.Module):
         super().__init__()
         self.loss = loss
 
-    def forward(self, embeddings: Tensor | dict[str, Tensor], labels: Tensor) -> Tensor:
-        if isinstance(embeddings, dict):  # multi-head models: gather every head
-            gathered: Tensor | dict[str, Tensor] = {k: all_gather_with_grad(v) for k, v in embeddings.items()}
-        else:
-            gathered = all_gather_with_grad(embeddings)
+    def wrapped_losses(self) -> list[nn.Module]:
+        return [self.loss]
+
+    def forward(self, outputs: Tensor | Mapping[str, Tensor], labels: Tensor) -> Tensor:
+        """``outputs``: the model's embedding tensor, or its named outputs (each gathered)."""
+        if isinstance(outputs, Tensor):
+            return self.loss(all_gather_with_grad(outputs), all_gather_with_grad(labels))
+        gathered = {k: all_gather_with_grad(v) for k, v in outputs.items()}
         return self.loss(gathered, all_gather_with_grad(labels))
 
 

@@ -10,8 +10,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from deepmetric.errors import DataError
+from deepmetric.models.contracts import embedding_of
 
-__all__ = ["dataset_paths", "embed", "forward_batch", "to_device"]
+__all__ = ["class_names_of", "dataset_paths", "embed", "forward_batch", "to_device"]
 
 
 def to_device(obj: Any, device: torch.device | str) -> Any:
@@ -25,9 +26,10 @@ def to_device(obj: Any, device: torch.device | str) -> Any:
     return obj
 
 
-def forward_batch(model: nn.Module, inputs: Any) -> Tensor:
+def forward_batch(model: nn.Module, inputs: Any) -> Tensor | dict[str, Tensor]:
     """``model(inputs)``, or ``model(*inputs)`` when a collate function returned a tuple (e.g.
-    padded audio features and their lengths)."""
+    padded audio features and their lengths, or clips and their frame mask). The result is the
+    embedding tensor, or the named outputs of a :class:`~deepmetric.models.contracts.MultiOutputModel`."""
     if isinstance(inputs, (tuple, list)):
         return model(*inputs)
     return model(inputs)
@@ -68,7 +70,7 @@ def embed(
         with torch.inference_mode(), torch.autocast(device.type, enabled=amp and device.type == "cuda"):
             for batch in iterator:
                 inputs, target = batch[0], batch[1]
-                out = forward_batch(model, to_device(inputs, device))
+                out = embedding_of(model, forward_batch(model, to_device(inputs, device)))
                 chunks.append(out.float().cpu())
                 labels.append(torch.as_tensor(target).long().cpu())
     finally:
@@ -82,3 +84,9 @@ def dataset_paths(dataset: Any) -> Sequence[str]:
     if paths is None:
         return [str(i) for i in range(len(dataset))]
     return [str(p) for p in paths]
+
+
+def class_names_of(dataset: Any) -> list[str] | None:
+    """``dataset.class_names`` as strings (index = label), or None when the dataset has none."""
+    names = getattr(dataset, "class_names", None)
+    return None if names is None else [str(n) for n in names]

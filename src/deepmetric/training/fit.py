@@ -47,18 +47,20 @@ from deepmetric.training.builders import (
     build_sampler,
     embedding_dim_of,
 )
-from deepmetric.training.checkpoint import load_checkpoint, save_checkpoint, write_json
+from deepmetric.training.checkpoint import init_weights, load_checkpoint, save_checkpoint, save_npz, write_json
 from deepmetric.training.csv_log import CsvLog
 from deepmetric.training import distributed as dist_utils
-from deepmetric.training.embed import dataset_paths, forward_batch, to_device
-from deepmetric.training.evaluate import evaluate_model, select_value
+from deepmetric.training.embed import class_names_of, dataset_paths, forward_batch, to_device
+from deepmetric.models.contracts import trained_outputs
+from deepmetric.training.eval_protocols import EvalInputs, build_eval_protocol
+from deepmetric.training.evaluate import select_value
 from deepmetric.training.optim import build_optimizer
 from deepmetric.training.run_folder import RunPaths
 from deepmetric.training.schedule import apply_lr, lr_factor
 from deepmetric.training.seed import derive_seed, get_rng_state, resolve_device, seed_everything, seed_step, set_rng_state
 from deepmetric.training.views import SeededItems
 
-__all__ = ["DEFAULT_STEPS", "RESUMABLE_CHANGES", "fit"]
+__all__ = ["DEFAULT_STEPS", "RESUMABLE_CHANGES", "config_differences", "fit"]
 
 #: training length when neither trainer.steps nor trainer.epochs is set
 DEFAULT_STEPS = 1000
@@ -104,12 +106,16 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def config_differences(saved: Config, config: Config) -> list[str]:
+    """Dotted keys whose values differ between two configs, except :data:`RESUMABLE_CHANGES`."""
+    before, now = _flatten(saved.to_dict()), _flatten(config.to_dict())
+    return sorted(k for k in set(now) | set(before) if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
+
+
 def _check_resume_config(saved_path: Path, config: Config) -> None:
     if not saved_path.is_file():
         return
-    saved = _flatten(load_config(saved_path).to_dict())
-    now = _flatten(config.to_dict())
-    changed = sorted(k for k in now if saved.get(k) != now[k] and k not in RESUMABLE_CHANGES)
+    changed = config_differences(load_config(saved_path), config)
     if changed:
         raise ConfigError(
             f"cannot resume: the config differs from the run's config.yaml in {', '.join(changed)}; "
@@ -168,8 +174,11 @@ class _Run:
         self.splits: Splits = build_datasets(config, self.model)
         self.loss: nn.Module = build_loss_from_config(
             config.loss, self.splits.num_classes, embedding_dim_of(self.model),
-            head_dims=getattr(self.model, "head_dims", None),
+            outputs=trained_outputs(self.model),
         )
+        if config.model.init_from is not None and not resume:
+            init_weights(self.model, self.loss, config.model.init_from)
+        self.eval_protocol = build_eval_protocol(config.eval)
         _check_single_item_classes(self.splits.train, config)
         self.model.to(self.device)
         self.loss.to(self.device)
@@ -260,16 +269,23 @@ class _Run:
         return self.elapsed + time.perf_counter() - self.started
 
     # ---------------------------------------------------------------- evaluation
-    def evaluate(self, dataset: Any, split: str) -> tuple[dict[str, float], Tensor, Tensor]:
-        return evaluate_model(
-            self.model, dataset, self.config.eval, self.device, progress=False,
-            num_workers=self.config.data.num_workers,
+    def eval_inputs(self, dataset: Any) -> EvalInputs:
+        """What the evaluation protocol sees of ``dataset`` with the current weights."""
+        return EvalInputs(
+            model=self.model, loss=self.loss, dataset=dataset, config=self.config.eval, device=self.device,
+            support=lambda: self.splits.support, num_workers=self.config.data.num_workers,
+            class_names=class_names_of(dataset),
         )
+
+    def evaluate(self, dataset: Any, split: str) -> tuple[dict[str, float], EvalInputs]:
+        """The protocol's metrics of ``dataset`` and the inputs (with their cached embeddings)."""
+        inputs = self.eval_inputs(dataset)
+        return self.eval_protocol.evaluate(inputs), inputs
 
     def periodic_evaluation(self) -> None:
         """Evaluate on the selection split; update best.pt and the early-stopping counter."""
         split = self.config.eval.split
-        metrics, _, _ = self.evaluate(self.selection, split)
+        metrics, _ = self.evaluate(self.selection, split)
         value = select_value(metrics, self.config.eval)
         self.evaluations.append({"step": self.step, "split": split, "metrics": _clean(metrics)})
         better = self.best is None or (
@@ -337,12 +353,10 @@ class _Run:
         inputs = to_device(inputs, self.device)
         labels = torch.as_tensor(labels).long().to(self.device)
         with torch.autocast(self.device.type, enabled=self.amp):
-            embeddings = forward_batch(self.model, inputs)
-        if isinstance(embeddings, dict):  # a multi-head model: one embedding per head
-            embeddings = {name: e.float() for name, e in embeddings.items()}
-        else:
-            embeddings = embeddings.float()
-        loss = self.train_loss(embeddings, labels)
+            outputs = forward_batch(self.model, inputs)
+        # the loss runs in float32: one embedding tensor, or every named output of the model
+        outputs = outputs.float() if isinstance(outputs, Tensor) else {k: v.float() for k, v in outputs.items()}
+        loss = self.train_loss(outputs, labels)
         if not bool(torch.isfinite(loss.detach())):
             if self.amp:  # the scaler skips the step; the next steps lower the scale
                 self.optimizer.zero_grad(set_to_none=True)
@@ -425,23 +439,30 @@ class _Run:
         self.save_last()
         final: dict[str, Any] = {}
         best_step = self.best["step"] if self.best is not None else self.step
-        if best_step != self.step:
-            last_metrics, _, _ = self.evaluate(self.splits.test, "test")
+        chosen_step = best_step if self.config.eval.checkpoint == "best" else self.step
+        if chosen_step != self.step:
+            last_metrics, _ = self.evaluate(self.splits.test, "test")
             final["test_last"] = _clean(last_metrics)
             dist_utils.barrier()  # rank 0 has finished writing best.pt
             best_state = load_checkpoint(self.paths.best, map_location=self.device)
             self.model.load_state_dict(best_state["model"])
             self.loss.load_state_dict(best_state["loss"])
-        metrics, embeddings, labels = self.evaluate(self.splits.test, "test")
+        metrics, inputs = self.evaluate(self.splits.test, "test")
+        embeddings, labels = inputs.embeddings()
         final["test"] = _clean(metrics)
-        final["test_step"] = best_step
+        final["test_step"] = chosen_step
+        final["protocol"] = self.config.eval.protocol
+        names = class_names_of(self.splits.test)
+        if names is not None:
+            final["class_names"] = names
         if self.main:
-            np.savez(
+            save_npz(
                 self.paths.test_embeddings,
                 embeddings=embeddings.numpy(),
                 labels=labels.numpy(),
                 paths=np.asarray(dataset_paths(self.splits.test), dtype=str),
             )
+            self.eval_protocol.write_artifacts(inputs, self.paths.root)
         return self.write_metrics(final)
 
 
@@ -499,7 +520,7 @@ def fit(
                     if config.eval.split == "test":
                         baseline = run.evaluations[0]["metrics"]
                     else:
-                        metrics, _, _ = run.evaluate(run.splits.test, "test")
+                        metrics, _ = run.evaluate(run.splits.test, "test")
                         baseline = _clean(metrics)
                     run.baseline = {"step": 0, "split": "test", "metrics": baseline}
                 run.write_metrics()

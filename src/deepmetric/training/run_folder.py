@@ -53,9 +53,9 @@ class RunPaths:
 def _builder_params(name: str) -> set[str]:
     import inspect
 
-    from deepmetric.training.builders import MODEL_REGISTRY, resolve
+    from deepmetric.models.registry import MODELS
 
-    return set(inspect.signature(resolve(MODEL_REGISTRY[name])).parameters)
+    return set(inspect.signature(MODELS.resolve(name)).parameters)
 
 
 def load_trained(
@@ -65,6 +65,7 @@ def load_trained(
     model in eval mode. The model is rebuilt from the run's ``config.yaml`` without downloading
     anything (its pretrained weights are replaced by the checkpoint's)."""
     from deepmetric.config import load_config
+    from deepmetric.models.contracts import trained_outputs
     from deepmetric.training.builders import build_loss_from_config, build_model, embedding_dim_of
     from deepmetric.training.checkpoint import load_checkpoint
 
@@ -76,14 +77,15 @@ def load_trained(
     from deepmetric.training.builders import resolved_freeze_bn
 
     accepted = _builder_params(config.model.name)
-    overrides = []
+    overrides = ["model.init_from=null"]
     if "pretrained" in accepted:
         overrides.append("model.pretrained=false")
         if "freeze_bn" in accepted:
             overrides.append(f"model.freeze_bn={str(resolved_freeze_bn(config.model)).lower()}")
     model = build_model(load_config(config, overrides))
     model.load_state_dict(state["model"])
-    loss = build_loss_from_config(config.loss, int(state["num_classes"]), embedding_dim_of(model))
+    loss = build_loss_from_config(config.loss, int(state["num_classes"]), embedding_dim_of(model),
+                                  outputs=trained_outputs(model))
     loss.load_state_dict(state["loss"])
     model.to(device).eval()
     loss.to(device)

@@ -21,7 +21,10 @@ from torch.utils.data import Dataset
 
 from deepmetric.errors import DataError
 
-__all__ = ["SeededItems", "SubsetView", "carve_validation", "dataset_labels"]
+__all__ = ["ITEM_ATTRIBUTES", "SeededItems", "SubsetView", "carve_validation", "dataset_labels"]
+
+#: per-item attributes of a dataset that a subset keeps (re-ID cameras and identities, speakers)
+ITEM_ATTRIBUTES = ("cameras", "persons", "speakers")
 
 
 def dataset_labels(dataset: Any) -> list[int]:
@@ -56,6 +59,10 @@ class SubsetView(Dataset):
         else:
             self.class_names = names
         self.collate_fn = getattr(base, "collate_fn", None)
+        for name in ITEM_ATTRIBUTES:  # per-item side information follows the items
+            values = getattr(base, name, None)
+            if values is not None:
+                setattr(self, name, [values[i] for i in self.indices])
 
     @property
     def num_classes(self) -> int:
