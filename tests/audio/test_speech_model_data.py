@@ -49,7 +49,7 @@ def test_layout_loaders(tmp_path):
     for word, spk in [("yes", "abc123"), ("no", "ffee01"), ("_background_noise_", "x")]:
         (sc / word).mkdir(parents=True)
         tone(sc / word / f"{spk}_nohash_0.wav", 300)
-    utts = speech_commands_utterances(sc)
+    utts = speech_commands_utterances(sc)  # no other words, noise shorter than 1 s: no _unknown_/_silence_
     assert sorted((u.word, u.speaker) for u in utts) == [("no", "ffee01"), ("yes", "abc123")]
 
     (tmp_path / "m.csv").write_text("path,word,speaker\nfsdd/1_ann_0.wav,one,ann\n")

@@ -38,6 +38,8 @@ DATASETS = Registry(
         "isic2016": "deepmetric.experiments.skin_lesions:isic2016_dataset",
         "isic2017": "deepmetric.experiments.skin_lesions:isic2017_dataset",
         "fsdd": "deepmetric.data.speech:fsdd_dataset",
+        "speech_commands": "deepmetric.data.speech:speech_commands_dataset",
+        "speech_csv": "deepmetric.data.speech:speech_csv_dataset",
     },
 )
 
