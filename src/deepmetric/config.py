@@ -59,7 +59,9 @@ class DataConfig(_Section):
     name: str = Field(
         "folder",
         description="dataset loader from the dataset registry (folder, csv, omniglot, olivetti, "
-        "cub200, cars196, sop, inshop, scene_folder, brazilian_coffee, ph2, isic2016, isic2017, fsdd)",
+        "cub200, cars196, sop, inshop, scene_folder, brazilian_coffee, ph2, isic2016, isic2017, "
+        "fsdd, speech_commands, speech_csv, mars, prid2011, ilidsvid, market1501, tracklet_csv) or "
+        "an import path package.module:function to your own loader",
     )
     root: str | None = Field(
         None, description="path of the dataset (folder, zip, npz or CSV file, depending on the loader)"
@@ -115,7 +117,9 @@ class ModelConfig(_Section):
     """The embedding network."""
 
     name: str = Field(
-        "embedder", description="model builder from the model registry (embedder, multilevel, demal, audio_cnn)"
+        "embedder",
+        description="model builder from the model registry (embedder, multilevel, demal, audio_cnn, "
+        "tracklet) or an import path package.module:Name to your own nn.Module class or builder",
     )
     backbone: str = Field("tf_efficientnet_lite0", description="backbone architecture name")
     pretrained: bool | str = Field(
@@ -146,7 +150,10 @@ class ModelConfig(_Section):
 class LossConfig(_Section):
     """The training loss."""
 
-    name: str = Field("multi_similarity", description="loss from the loss registry")
+    name: str = Field(
+        "multi_similarity",
+        description="loss from the loss registry, or an import path package.module:Name to your own loss",
+    )
     params: dict[str, Any] = Field(
         default_factory=dict,
         description="keyword arguments of the loss; checked against its signature "

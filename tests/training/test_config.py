@@ -93,3 +93,10 @@ def test_docs_list_every_key_with_its_default() -> None:
         for part in key.split("."):
             value = value[part]
         assert yaml.safe_load(rows[key]) == value, key
+
+
+def test_docs_tables_are_generated_from_the_schema() -> None:
+    from deepmetric.config_docs import update_config_docs
+
+    text = DOCS.read_text()
+    assert update_config_docs(text) == text, "docs/config.md is stale: run python -m deepmetric.config_docs docs/config.md"

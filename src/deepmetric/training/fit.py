@@ -47,7 +47,8 @@ from deepmetric.training.builders import (
     build_sampler,
     embedding_dim_of,
 )
-from deepmetric.training.checkpoint import init_weights, load_checkpoint, save_checkpoint, save_npz, write_json
+from deepmetric.run_files import MetricsFile, write_run_file
+from deepmetric.training.checkpoint import init_weights, load_checkpoint, save_checkpoint, save_npz
 from deepmetric.training.csv_log import CsvLog
 from deepmetric.training import distributed as dist_utils
 from deepmetric.training.embed import class_names_of, dataset_paths, forward_batch, to_device
@@ -307,20 +308,21 @@ class _Run:
         best = None
         if self.best is not None:
             best = {**self.best, "value": self.best["value"] if math.isfinite(self.best["value"]) else None}
-        summary: dict[str, Any] = {
-            "selection_split": self.config.eval.split,
-            "steps": self.step,
-            "total_steps": self.total_steps,
-            "stopped_early": self.stopped_early,
-            "evaluations": self.evaluations,
-            "baseline": self.baseline,
-            "best": best,
-        }
-        if final:
-            summary.update(final)
+        record = MetricsFile(
+            selection_split=self.config.eval.split,
+            steps=self.step,
+            total_steps=self.total_steps,
+            stopped_early=self.stopped_early,
+            evaluations=self.evaluations,
+            baseline=self.baseline,
+            best=best,
+            protocol=self.config.eval.protocol,
+            class_names=class_names_of(self.splits.test),
+            **(final or {}),
+        )
         if self.main:
-            write_json(summary, self.paths.metrics)
-        return summary
+            write_run_file(record, self.paths.metrics)
+        return record.model_dump(mode="json")
 
     # ---------------------------------------------------------------- training
     def batches(self) -> Iterator[tuple[Any, Tensor]]:
@@ -451,10 +453,6 @@ class _Run:
         embeddings, labels = inputs.embeddings()
         final["test"] = _clean(metrics)
         final["test_step"] = chosen_step
-        final["protocol"] = self.config.eval.protocol
-        names = class_names_of(self.splits.test)
-        if names is not None:
-            final["class_names"] = names
         if self.main:
             save_npz(
                 self.paths.test_embeddings,
