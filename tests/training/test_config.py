@@ -85,7 +85,7 @@ def test_python_api_assignment_is_validated() -> None:
 
 def test_docs_list_every_key_with_its_default() -> None:
     text = DOCS.read_text()
-    rows = dict(re.findall(r"^\| `([a-z_.]+)` \| `([^`]*)` \|", text, flags=re.M))
+    rows = dict(re.findall(r"^\| `([a-z0-9_.]+)` \| `([^`]*)` \|", text, flags=re.M))
     defaults = Config().to_dict()
     for key in config_keys():
         assert key in rows, f"docs/config.md lacks {key}"
