@@ -75,7 +75,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     from deepmetric.recipes import find_recipe
     from deepmetric.training import run_protocol
 
-    recipe = find_recipe(args.recipe)
+    if args.recipe is not None and "=" in args.recipe and not Path(args.recipe).exists():
+        args.overrides.insert(0, args.recipe)  # `train --resume --out DIR key=value`: no recipe given
+        args.recipe = None
+    if args.recipe is None:
+        if not (args.resume and args.out):
+            raise DeepMetricError("name a recipe (deepmetric train RECIPE), or resume a run folder with --resume --out DIR")
+        recipe = Path(args.out) / "config.yaml"
+        if not recipe.is_file():
+            raise DeepMetricError(f"cannot resume: '{recipe}' does not exist; '{args.out}' is not a run folder")
+    else:
+        recipe = find_recipe(args.recipe)
     config = load_config(recipe, args.overrides)
     under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if args.out is not None:
@@ -281,11 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
         "  deepmetric train recipes/demo_omniglot.yaml\n"
         "  deepmetric train demo_omniglot trainer.steps=200 optimizer.lr=0.0005 --out runs/short\n"
         "  deepmetric train demo_omniglot --out runs/short --resume trainer.steps=400\n"
+        "  deepmetric train --resume --out runs/short          # continue with the run's own config.yaml\n"
         "  deepmetric train rll_sop data.root=/data/Stanford_Online_Products --nproc 4 --out runs/sop\n"
         "  torchrun --nproc_per_node 4 -m deepmetric.cli train rll_sop --out runs/sop   # the same by hand\n\n"
         "overrides are KEY=VALUE pairs with dotted keys (see docs/config.md); values are parsed as YAML.",
     )
-    p.add_argument("recipe", help="recipe YAML file or recipe name")
+    p.add_argument("recipe", nargs="?", default=None,
+                   help="recipe YAML file or recipe name (with --resume: optional, the run's config.yaml is used)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. trainer.steps=100")
     p.add_argument("--out", "-o", default=None, help="run folder (default: runs/<recipe>-<timestamp>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from checkpoints/last.pt")
@@ -396,6 +408,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupted(command: str, exc: KeyboardInterrupt) -> int:
+    """The message and exit status of a run stopped by Ctrl-C (130) or SIGTERM (143)."""
+    import signal
+
+    from deepmetric.training.fit import RunInterrupted
+
+    signum = exc.signum if isinstance(exc, RunInterrupted) else signal.SIGINT
+    name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    where = ""
+    if isinstance(exc, RunInterrupted) and exc.run_dir is not None and exc.step is not None:
+        where = (f": saved checkpoints/last.pt at step {exc.step}; continue with "
+                 f"deepmetric train --resume --out {exc.run_dir}")
+    print(f"deepmetric {command}: stopped by {name}{where}", file=sys.stderr)
+    return 128 + int(signum)
+
+
 def _one_line(message: str) -> str:
     return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
 
@@ -406,10 +434,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     # training many times over (measured: 3.2 s vs 0.25 s per demo step on a busy 2-core machine)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # anywhere on the line, before or after the command
+    argv = [a for a in argv if a != "--debug"]
+    args, extra = parser.parse_known_args(argv)
+    args.debug = debug
     if args.command is None:
         parser.print_help()
         return 2
+    if extra:  # KEY=VALUE overrides after an option: options and overrides in any order
+        overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+        unknown = [a for a in extra if a not in overrides]
+        if unknown or not hasattr(args, "overrides"):
+            parser.parse_args(argv)  # argparse's own one-line usage error and exit status 2
+        args.overrides = [*args.overrides, *overrides]
     try:
         return int(args.handler(args) or 0)
     except DeepMetricError as exc:
@@ -417,11 +455,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"deepmetric {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if args.debug:
             raise
-        print(f"deepmetric {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return _interrupted(args.command, exc)
 
 
 if __name__ == "__main__":

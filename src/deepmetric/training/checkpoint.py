@@ -39,16 +39,37 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; run files are as readable as any other
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
-    """Write ``state`` (tensors and plain values) atomically with ``torch.save``."""
+    """Write ``state`` (tensors and plain values) atomically with ``torch.save``. A full disk or a
+    read-only folder raises :class:`DataError` (the previous checkpoint is kept)."""
     state = {"format": CHECKPOINT_FORMAT, **state}
-    atomic_write(path, lambda handle: torch.save(state, handle))
+    try:
+        atomic_write(path, lambda handle: torch.save(state, handle))
+    except OSError as exc:
+        raise DataError(
+            f"cannot write checkpoint '{path}' ({exc.strerror or exc}); free disk space or make the folder "
+            "writable, then resume with --resume (the previous checkpoint is kept)"
+        ) from None
+    except RuntimeError as exc:  # torch.save reports a failed write of its zip container this way
+        if "write" not in str(exc).lower():
+            raise
+        raise DataError(
+            f"cannot write checkpoint '{path}' (the write failed: disk full?); free disk space, then resume "
+            "with --resume (the previous checkpoint is kept)"
+        ) from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -73,7 +94,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def write_json(obj: Any, path: str | Path) -> None:
-    """Write ``obj`` as indented JSON, atomically."""
+    """Write ``obj`` as indented JSON, atomically (mode honouring the umask)."""
     text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)
     atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 

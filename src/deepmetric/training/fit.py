@@ -17,15 +17,18 @@ Flow (one run folder, see docs/run_folder.md):
 Resuming (``resume=True``) restores model, loss, optimizer, AMP scaler, step, sampler position,
 evaluation history and RNG states from ``last.pt``; because every step re-seeds the RNGs from
 (seed, step) and every training item from (seed, epoch, position), N steps + N resumed steps give
-the same weights as 2N steps. Ctrl-C finishes the current step, writes ``last.pt`` and re-raises
-``KeyboardInterrupt``.
+the same weights as 2N steps. Ctrl-C or SIGTERM finishes the current step, writes ``last.pt`` and
+raises :class:`RunInterrupted` (a ``KeyboardInterrupt``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -38,7 +41,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from deepmetric.config import Config, config_to_yaml, load_config, save_config
-from deepmetric.errors import ConfigError, DataError
+from deepmetric.errors import ConfigError, DataError, DeepMetricError
 from deepmetric.training.builders import (
     Splits,
     build_datasets,
@@ -57,11 +60,12 @@ from deepmetric.training.eval_protocols import EvalInputs, build_eval_protocol
 from deepmetric.training.evaluate import select_value
 from deepmetric.training.optim import build_optimizer
 from deepmetric.training.run_folder import RunPaths
+from deepmetric.training.run_lock import RunLock
 from deepmetric.training.schedule import apply_lr, lr_factor
 from deepmetric.training.seed import derive_seed, get_rng_state, resolve_device, seed_everything, seed_step, set_rng_state
 from deepmetric.training.views import SeededItems
 
-__all__ = ["DEFAULT_STEPS", "RESUMABLE_CHANGES", "config_differences", "fit"]
+__all__ = ["DEFAULT_STEPS", "RESUMABLE_CHANGES", "RunInterrupted", "config_differences", "fit"]
 
 #: training length when neither trainer.steps nor trainer.epochs is set
 DEFAULT_STEPS = 1000
@@ -74,27 +78,40 @@ RESUMABLE_CHANGES = (
 )
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Training stopped by a signal after saving ``checkpoints/last.pt``; ``signum`` is SIGINT
+    (Ctrl-C) or SIGTERM (what cluster schedulers send before preemption), ``step`` the saved step."""
+
+    def __init__(self, signum: int, step: int | None = None, run_dir: Path | None = None) -> None:
+        super().__init__(signum)
+        self.signum, self.step, self.run_dir = signum, step, run_dir
+
+
 class _Interrupt:
-    """While active, the first SIGINT (Ctrl-C) only sets a flag, checked between steps; a second
-    one interrupts immediately. Inactive outside the main thread."""
+    """While active, the first SIGINT (Ctrl-C) or SIGTERM only sets a flag, checked between steps
+    (the step finishes and ``last.pt`` is written); a second one interrupts immediately.
+    Inactive outside the main thread."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
+        self.requested: int | None = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _Interrupt:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            for signum in self.SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
+        if self.requested is not None:
+            raise RunInterrupted(signum)
+        self.requested = signum
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -113,15 +130,17 @@ def config_differences(saved: Config, config: Config) -> list[str]:
     return sorted(k for k in set(now) | set(before) if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
 
 
-def _check_resume_config(saved_path: Path, config: Config) -> None:
-    if not saved_path.is_file():
-        return
-    changed = config_differences(load_config(saved_path), config)
+def _check_resume_config(saved_path: Path, config: Config) -> dict[str, tuple[Any, Any]]:
+    """The resumable keys that change (``{key: (saved, now)}``); any other change is an error."""
+    saved = load_config(saved_path)
+    changed = config_differences(saved, config)
     if changed:
         raise ConfigError(
             f"cannot resume: the config differs from the run's config.yaml in {', '.join(changed)}; "
             f"resume with the saved config (only {', '.join(RESUMABLE_CHANGES)} may change) or start a new run folder"
         )
+    before, now = _flatten(saved.to_dict()), _flatten(config.to_dict())
+    return {k: (before.get(k), now.get(k)) for k in RESUMABLE_CHANGES if before.get(k) != now.get(k)}
 
 
 def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
@@ -415,20 +434,21 @@ class _Run:
                     break
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save_last()
-                if interrupt.requested:
-                    raise KeyboardInterrupt
-        except KeyboardInterrupt:
+                if interrupt.requested is not None:
+                    raise RunInterrupted(interrupt.requested)
+        except KeyboardInterrupt as exc:
             self.save_last()
             self.write_metrics()
-            raise
+            signum = exc.signum if isinstance(exc, RunInterrupted) else signal.SIGINT
+            raise RunInterrupted(signum, self.step, self.paths.root) from None
         except Exception:
             # Ctrl-C also reaches data-loader workers, which then exit: a step that was waiting for
             # them fails. The last completed step is consistent, so save it and stop as interrupted.
-            if not interrupt.requested:
+            if interrupt.requested is None:
                 raise
             self.save_last()
             self.write_metrics()
-            raise KeyboardInterrupt from None
+            raise RunInterrupted(interrupt.requested, self.step, self.paths.root) from None
         finally:
             if bar is not None:
                 bar.close()
@@ -471,7 +491,7 @@ def _write_report(run_dir: Path) -> None:
 
     try:
         write_report(run_dir)
-    except Exception as exc:  # noqa: BLE001 - the run itself succeeded; say what failed
+    except (DeepMetricError, OSError, ValueError) as exc:  # the run itself succeeded; say what failed
         warnings.warn(f"training finished but report.html could not be written ({exc}); "
                       f"run 'deepmetric report {run_dir}' to retry", stacklevel=3)
 
@@ -485,7 +505,10 @@ def fit(
     ``resume=True`` continues from ``run_dir/checkpoints/last.pt``; only the keys in
     :data:`RESUMABLE_CHANGES` (e.g. ``trainer.steps`` to train longer) may differ from the run's
     saved ``config.yaml``. Without ``resume`` the folder must not hold a checkpoint yet.
-    Ctrl-C (KeyboardInterrupt) writes ``last.pt`` and re-raises. With ``report`` (default) the
+    Ctrl-C or SIGTERM finishes the step, writes ``last.pt`` and raises :class:`RunInterrupted` (a
+    ``KeyboardInterrupt``). The run folder is locked for the duration (a second writer fails at
+    once, naming the holder); leftover temporary files of a killed writer are removed; a start that
+    fails leaves no new run folder behind. With ``report`` (default) the
     run folder also gets ``report.html`` and its plots (a failure there only warns: the trained
     run is complete without it).
     """
@@ -493,25 +516,58 @@ def fit(
         config = load_config(config)
     dist_utils.init_from_env()  # launched by torchrun: join the process group
     paths = RunPaths(Path(run_dir))
+    main = dist_utils.is_main_process()
+    existed = paths.root.exists()
+    with (RunLock(paths.root) if main else contextlib.nullcontext()):
+        return _fit_locked(config, paths, resume, progress, report, main, existed)
+
+
+def _remove_temporaries(paths: RunPaths) -> None:
+    """Partial files of an interrupted atomic write (``.NAME.XXXX.tmp``) of an earlier process."""
+    for folder in (paths.root, paths.checkpoints):
+        if folder.is_dir():
+            for tmp in folder.glob(".*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+
+def _fit_locked(
+    config: Config, paths: RunPaths, resume: bool, progress: bool, report: bool, main: bool, existed: bool
+) -> dict[str, Any]:
     if resume:
         if not paths.last.is_file():
             raise ConfigError(
                 f"cannot resume: '{paths.last}' does not exist; train without --resume (resume=False) first"
             )
-        _check_resume_config(paths.config, config)
+        if not paths.config.is_file():
+            raise ConfigError(
+                f"cannot resume: '{paths.config}' is missing, so the run's settings cannot be checked; restore it "
+                "or start a new run folder"
+            )
+        changes = _check_resume_config(paths.config, config)
     elif paths.last.is_file():
         raise ConfigError(
             f"run folder '{paths.root}' already holds a checkpoint; resume it (--resume / resume=True) "
             "or choose a new run folder"
         )
     dist_utils.barrier()  # every rank has checked the folder before rank 0 writes into it
-    paths.root.mkdir(parents=True, exist_ok=True)
-    if dist_utils.is_main_process():
-        save_config(config, paths.config)
+    if main:
+        _remove_temporaries(paths)
     previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     try:
-        run = _Run(config, paths.root, resume, progress)
-        with _Interrupt() as interrupt:  # first Ctrl-C: finish the step, save last.pt, stop
+        try:
+            run = _Run(config, paths.root, resume, progress)
+        except BaseException:
+            if main and not existed:  # a failed start leaves no half-made run folder behind
+                shutil.rmtree(paths.root, ignore_errors=True)
+            raise
+        if main:
+            paths.checkpoints.mkdir(parents=True, exist_ok=True)
+            save_config(config, paths.config)
+            if resume:
+                print(f"resuming {paths.root} from step {run.step} of {run.total_steps}", file=sys.stderr)
+                for key, (before, after) in changes.items():
+                    print(f"  changed on resume: {key} {before} -> {after}", file=sys.stderr)
+        with _Interrupt() as interrupt:  # first Ctrl-C / SIGTERM: finish the step, save last.pt, stop
             if not resume:
                 run.periodic_evaluation()  # step 0: the untrained network is a candidate too
                 if config.eval.baseline:

@@ -16,6 +16,7 @@ not hold sub-runs yet. The parent's ``config.yaml`` must match the resumed confi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -94,13 +95,23 @@ def run_protocol(
     ``summary.json`` (several sub-runs) content. See the module docstring."""
     from deepmetric.training import distributed as dist_utils
     from deepmetric.training.fit import fit
+    from deepmetric.training.run_lock import RunLock
 
     run_dir = Path(run_dir)
     plan = plan_protocol(config, run_dir)
     if not plan:
         return fit(config, run_dir, resume=resume, progress=progress, report=report)
-    _check_parent(run_dir, config, resume, plan)
     main = dist_utils.is_main_process()
+    with RunLock(run_dir) if main else contextlib.nullcontext():
+        return _run_plan(config, run_dir, plan, resume, progress, report, main)
+
+
+def _run_plan(
+    config: Config, run_dir: Path, plan: list[SubRun], resume: bool, progress: bool, report: bool, main: bool
+) -> dict[str, Any]:
+    from deepmetric.training.fit import fit
+
+    _check_parent(run_dir, config, resume, plan)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
