@@ -427,6 +427,36 @@ def _to_config_error(error: ValidationError) -> ConfigError:
 
 
 # --------------------------------------------------------------------------------------------
+# bounded YAML: recipes and run folders may come from anyone
+
+#: the largest config file read (bytes); a recipe is a few KiB
+MAX_CONFIG_BYTES = 1 << 20
+#: the most YAML aliases (``*name``) in one document: enough for hand-written anchors, far too few
+#: for an alias bomb (a few hundred bytes that expand to gigabytes when walked)
+MAX_YAML_ALIASES = 64
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (plain data, no Python tags) that refuses documents with too many aliases."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.aliases = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_YAML_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} aliases (*name); write the values out instead")
+        return super().compose_node(parent, index)
+
+
+def safe_yaml(text: str) -> Any:
+    """Parse YAML text as plain data, with at most :data:`MAX_YAML_ALIASES` aliases."""
+    return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+# --------------------------------------------------------------------------------------------
 # loading, overrides, saving
 
 
@@ -440,11 +470,11 @@ def _parse_override(override: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"config override '{override}' has an empty key; write it as key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(
-            f"config override '{override}': cannot parse the value as YAML ({exc.__class__.__name__}); "
-            "quote strings that contain ':' or brackets"
+            f"config override '{override[:80]}': cannot parse the value as YAML "
+            f"({' '.join(str(exc).split())[:160]}); quote strings that contain ':' or brackets"
         ) from exc
     return key.split("."), value
 
@@ -500,10 +530,19 @@ def load_config(
         path = Path(source)
         if not path.is_file():
             raise ConfigError(f"config file '{path}' does not exist; check the path")
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"config file '{path}' is {size:,} bytes, more than a config can be ({MAX_CONFIG_BYTES:,}); "
+                "check that it is the right file"
+            )
         try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+            loaded = safe_yaml(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file '{path}' is not valid YAML: {exc}") from exc
+            reason = " ".join(str(exc).split())
+            raise ConfigError(f"config file '{path}' is not valid YAML: {reason}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file '{path}' is not UTF-8 text; check that it is the right file") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

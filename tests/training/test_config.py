@@ -100,3 +100,39 @@ def test_docs_tables_are_generated_from_the_schema() -> None:
 
     text = DOCS.read_text()
     assert update_config_docs(text) == text, "docs/config.md is stale: run python -m deepmetric.config_docs docs/config.md"
+
+
+BOMB = "\n".join(
+    [f"l0: &l0 [{', '.join(['x'] * 9)}]"]
+    + [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+)
+
+
+def test_alias_bomb_is_refused_before_it_grows(tmp_path: Path) -> None:
+    import resource
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    assert len(BOMB) < 700  # 9^9 = 387 million strings once expanded
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ConfigError, match="aliases"):
+        load_config(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB: it did not expand
+    with pytest.raises(ConfigError, match="aliases"):
+        load_config(None, [f"data.params={{{BOMB.replace(chr(10), ', ')}}}"])
+
+
+def test_hostile_yaml_runs_no_code_and_huge_files_are_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "tag.yaml"
+    path.write_text(f"seed: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+    assert not marker.exists()
+    big = tmp_path / "big.yaml"
+    big.write_text("seed: 0\n" + "#" * (2 << 20))
+    with pytest.raises(ConfigError, match="more than a config can be"):
+        load_config(big)
+    hand_written = tmp_path / "anchors.yaml"
+    hand_written.write_text("optimizer: &o {lr: 0.001}\nscheduler: {warmup_steps: 3}\n")
+    assert load_config(hand_written).optimizer.lr == 0.001
