@@ -95,3 +95,9 @@ def test_embed_file_that_is_not_an_image(quick_run: Path, tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert code == 1 and "broken.png" in err and "Traceback" not in err
     assert len([line for line in err.splitlines() if "error:" in line]) == 1
+
+
+def test_quick_demo_shows_a_real_improvement(quick_run: Path) -> None:
+    metrics = json.loads((quick_run / "metrics.json").read_text())
+    assert metrics["test_step"] == metrics["steps"] == 40  # the final weights, not the untrained network
+    assert metrics["test"]["recall@1"] > metrics["baseline"]["metrics"]["recall@1"] + 0.01

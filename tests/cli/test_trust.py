@@ -189,3 +189,14 @@ def test_lock_object_reports_the_previous_holder(tmp_path: Path) -> None:
     with RunLock(tmp_path) as lock:
         assert lock.took_over == {"pid": 999999, "host": "elsewhere"}
     assert (tmp_path / ".lock").read_text() == ""  # released cleanly: nothing stale next time
+
+
+def test_too_few_classes_names_the_split_arithmetic_and_the_setting(tmp_path: Path, capsys) -> None:
+    recipe = toy_recipe(tmp_path)  # toy data: 8 training classes; val_fraction 0.25 carves 2 off
+    code, _, err = run_cli(["train", str(recipe), "--out", str(tmp_path / "r"), "sampler.p=8"], capsys)
+    last = err.strip().splitlines()[-1]
+    assert code == 1 and "has 8 classes" in last and "carved 2" in last and "leaving 6" in last
+    assert "data.val_by=items" in last and "sampler.p=6" in last
+    code, _, err = run_cli(["train", str(recipe), "--out", str(tmp_path / "r"), "sampler.p=8",
+                            "data.val_by=items", "--no-progress", "trainer.steps=1"], capsys)
+    assert code == 0, err

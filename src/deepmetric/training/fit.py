@@ -61,7 +61,7 @@ from deepmetric.training.evaluate import select_value
 from deepmetric.training.optim import build_optimizer
 from deepmetric.training.run_folder import RunPaths
 from deepmetric.training.run_lock import RunLock
-from deepmetric.training.schedule import apply_lr, lr_factor
+from deepmetric.training.schedule import apply_lr, effective_warmup, lr_factor
 from deepmetric.training.seed import derive_seed, get_rng_state, resolve_device, seed_everything, seed_step, set_rng_state
 from deepmetric.training.views import SeededItems
 
@@ -180,6 +180,28 @@ def _check_single_item_classes(train: Any, config: Config) -> None:
         )
 
 
+def _check_enough_classes(splits: Splits, config: Config) -> None:
+    """P x K batches need ``sampler.p`` training classes: say how the split arithmetic came out
+    and which setting to change (the classes carved off for validation are the usual cause)."""
+    if config.sampler.name != "pk":
+        return
+    p, left = config.sampler.p, splits.num_classes
+    if left >= p:
+        return
+    d = config.data
+    if splits.val is not None and d.val_by == "classes":
+        carved = len(set(splits.val.labels))
+        raise DataError(
+            f"the training split has {left + carved} classes and data.val_by=classes carved {carved} of them off "
+            f"for validation (data.val_fraction={d.val_fraction}), leaving {left}, fewer than sampler.p={p}; set "
+            f"data.val_by=items (validate on items of every class), a smaller data.val_fraction, or sampler.p={left}"
+        )
+    raise DataError(
+        f"the training split has {left} classes, fewer than sampler.p={p} classes per batch; set sampler.p={left} "
+        "or add classes"
+    )
+
+
 class _Run:
     """State and pieces of one training run (internal to :func:`fit`)."""
 
@@ -211,6 +233,7 @@ class _Run:
         self.train_loss: nn.Module = dist_utils.GatheredLoss(self.loss) if self.world_size > 1 else self.loss
         self.optimizer = build_optimizer(self.model, self.loss, config.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        _check_enough_classes(self.splits, config)
         self.sampler = build_sampler(self.splits.train.labels, config.sampler, config.seed,
                                      dist_utils.rank(), self.world_size)
         self.steps_per_epoch = len(self.sampler)
@@ -221,6 +244,11 @@ class _Run:
                 "sampler.k (pk), or set sampler.batches_per_epoch (triplet)"
             )
         self.total_steps = _total_steps(config, self.steps_per_epoch)
+        self.warnings: list[str] = []
+        warmup = effective_warmup(config.scheduler.warmup_steps, self.total_steps)
+        if warmup < config.scheduler.warmup_steps:
+            self.note(f"scheduler.warmup_steps={config.scheduler.warmup_steps} is more than a quarter of the "
+                      f"{self.total_steps}-step run: warming up for {warmup} steps instead")
         self.selection = self.splits.val if config.eval.split == "val" else self.splits.test
         # progress state (everything saved in checkpoints)
         self.step = 0
@@ -281,6 +309,13 @@ class _Run:
         self.stopped_early = bool(history["stopped_early"])
         set_rng_state(state["rng"])
 
+    def note(self, message: str) -> None:
+        """A warning for the user: printed once (main process) and kept in metrics.json."""
+        if message not in self.warnings:
+            self.warnings.append(message)
+            if self.main:
+                print(f"warning: {message}", file=sys.stderr)
+
     def save_last(self) -> None:
         if self.main:
             save_checkpoint(self._state(), self.paths.last)
@@ -337,6 +372,7 @@ class _Run:
             best=best,
             protocol=self.config.eval.protocol,
             class_names=class_names_of(self.splits.test),
+            warnings=self.warnings,
             **(final or {}),
         )
         if self.main:
@@ -462,6 +498,12 @@ class _Run:
         final: dict[str, Any] = {}
         best_step = self.best["step"] if self.best is not None else self.step
         chosen_step = best_step if self.config.eval.checkpoint == "best" else self.step
+        if chosen_step == 0 and self.step > 0:
+            self.note(
+                f"the checkpoint chosen on the {self.config.eval.split} split is the untrained network (step 0): "
+                f"training never improved {self.config.eval.select_metric} there, so the test metrics are the "
+                "untrained network's; train longer, or use eval.checkpoint=last for the final weights"
+            )
         if chosen_step != self.step:
             last_metrics, _ = self.evaluate(self.splits.test, "test")
             final["test_last"] = _clean(last_metrics)

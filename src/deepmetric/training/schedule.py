@@ -14,13 +14,22 @@ from torch.optim import Optimizer
 from deepmetric.config import SchedulerConfig
 from deepmetric.errors import ConfigError
 
-__all__ = ["apply_lr", "lr_factor"]
+__all__ = ["apply_lr", "effective_warmup", "lr_factor"]
+
+
+def effective_warmup(warmup_steps: int, total_steps: int) -> int:
+    """The warm-up length used: ``warmup_steps``, capped at a quarter of the run (at least 1 step
+    when warm-up is on) so that a short run still trains at its full learning rate."""
+    if warmup_steps <= 0:
+        return 0
+    return max(1, min(warmup_steps, total_steps // 4))
 
 
 def lr_factor(step: int, total_steps: int, config: SchedulerConfig) -> float:
     r"""Multiplier of the base learning rate at 0-based ``step`` of ``total_steps``.
 
-    With W = ``warmup_steps``: for step < W the factor is (step + 1) / W (linear warm-up).
+    With W = :func:`effective_warmup` (``warmup_steps``, at most a quarter of ``total_steps``, so a
+    short run is not all warm-up): for step < W the factor is (step + 1) / W (linear warm-up).
     After warm-up, with t = step - W and T = max(1, total_steps - W):
 
     * ``none``:   1
@@ -30,7 +39,7 @@ def lr_factor(step: int, total_steps: int, config: SchedulerConfig) -> float:
     """
     if step < 0:
         raise ConfigError(f"schedule step must be >= 0, got {step}")
-    warmup = config.warmup_steps
+    warmup = effective_warmup(config.warmup_steps, total_steps)
     if step < warmup:
         return (step + 1) / warmup
     t = step - warmup
