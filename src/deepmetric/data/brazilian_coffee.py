@@ -29,6 +29,7 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import Dataset
 
+from deepmetric.data.image_io import to_mode
 from deepmetric.errors import DataError
 
 CLASS_NAMES: tuple[str, ...] = ("noncoffee", "coffee")
@@ -167,7 +168,7 @@ class BrazilianCoffeeScenes(Dataset):
         item = self.items[index]
         try:
             with Image.open(item.path) as img:
-                image = img.convert("RGB")
+                image = to_mode(img)
         except OSError as exc:
             raise DataError(f"cannot read image {item.path}: {exc}; the file is corrupt, re-extract it") from exc
         return (self.transform(image) if self.transform else image), item.label

@@ -243,6 +243,8 @@ def load_image(path: str, base_dirs: Sequence[Path] = (), base_zips: Sequence[Pa
     """
     from PIL import Image, UnidentifiedImageError
 
+    from deepmetric.data.image_io import to_mode
+
     if not path:
         return None
     try:
@@ -253,7 +255,7 @@ def load_image(path: str, base_dirs: Sequence[Path] = (), base_zips: Sequence[Pa
                     data = zf.read(path)
                 except KeyError:
                     continue
-                return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+                return np.asarray(to_mode(Image.open(io.BytesIO(data))))
         parts = _split_zip_path(path)
         if parts is not None:
             archive, member = parts
@@ -261,12 +263,12 @@ def load_image(path: str, base_dirs: Sequence[Path] = (), base_zips: Sequence[Pa
             for cand in candidates:
                 if cand.is_file():
                     data = _open_zip(str(cand.resolve())).read(member)
-                    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+                    return np.asarray(to_mode(Image.open(io.BytesIO(data))))
             return None
         for cand in [Path(path)] + [b / path for b in base_dirs]:
             if cand.is_file():
                 with Image.open(cand) as img:
-                    return np.asarray(img.convert("RGB"))
+                    return np.asarray(to_mode(img))
     except (OSError, KeyError, ValueError, UnidentifiedImageError, zipfile.BadZipFile):
         return None
     return None
