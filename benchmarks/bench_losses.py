@@ -52,6 +52,7 @@ class Case:
     note: str = ""
     with_classes: bool = False  # the loss owns per-class parameters
     same_loss_as_pml: bool = True  # False: a different (documented) variant, not held to "as fast as PML"
+    two_views: bool = False  # labels are item ids in the two-view layout [0..N/2-1, 0..N/2-1] (NT-Xent)
 
 
 CASES: list[Case] = [
@@ -89,6 +90,26 @@ CASES: list[Case] = [
          with_classes=True),
     Case("normalized softmax", "normalized_softmax", {}, "NormalizedSoftmaxLoss()",
          "same class weights in both", with_classes=True),
+    Case("arcface", "arcface", {}, "ArcFaceLoss(margin=28.648, scale=64)",
+         "same class weights; PML takes the margin in degrees (0.5 rad = 28.648 deg), same "
+         "theta + m > pi fallback; ours computes in float32 whatever the input dtype",
+         with_classes=True),
+    Case("cosface", "cosface", {}, "CosFaceLoss(margin=0.35, scale=64)", "same class weights",
+         with_classes=True),
+    Case("sub-center arcface", "subcenter_arcface", {},
+         "SubCenterArcFaceLoss(margin=28.648, scale=64, sub_centers=3)",
+         "same (C K) x D sub-center weights, class-major in both", with_classes=True),
+    Case("circle", "circle", {}, "CircleLoss(m=0.25, gamma=256)",
+         "PML averages over non-zero anchor losses, ours over anchors with a positive and a "
+         "negative: equal unless an anchor's loss underflows to 0"),
+    Case("supcon", "supcon", {}, "SupConLoss(temperature=0.1)", "L_out in both"),
+    Case("nt-xent", "ntxent", {}, "NTXentLoss(temperature=0.5)",
+         "two-view layout, labels = item ids [0..N/2-1, 0..N/2-1] in both (PML reads them as "
+         "positives; ours only checks the layout); PML builds a |pos pairs| x |neg pairs| matrix, "
+         "so it is skipped where that exceeds --pml-memory-gb", two_views=True),
+    Case("proxyNCA++", "proxy_nca_pp", {}, "ProxyNCALoss(softmax_scale=9)",
+         "same proxies; PML's ProxyNCA with normalised squared distances and scale 1/T = 9 is "
+         "ProxyNCA++'s loss", with_classes=True),
 ]
 
 
@@ -118,6 +139,22 @@ def make_pml(case: Case, num_classes: int, dim: int) -> tuple[Callable[[Tensor, 
         loss = losses.ProxyAnchorLoss(num_classes, dim)
     elif case.ours == "normalized_softmax":
         loss = losses.NormalizedSoftmaxLoss(num_classes, dim)
+    elif case.ours == "arcface":
+        loss = losses.ArcFaceLoss(num_classes, dim, margin=math.degrees(0.5), scale=64)
+    elif case.ours == "cosface":
+        loss = losses.CosFaceLoss(num_classes, dim, margin=0.35, scale=64)
+    elif case.ours == "subcenter_arcface":
+        loss = losses.SubCenterArcFaceLoss(
+            num_classes=num_classes, embedding_size=dim, margin=math.degrees(0.5), scale=64, sub_centers=3
+        )
+    elif case.ours == "circle":
+        loss = losses.CircleLoss(m=0.25, gamma=256)
+    elif case.ours == "supcon":
+        loss = losses.SupConLoss(temperature=0.1)
+    elif case.ours == "ntxent":
+        loss = losses.NTXentLoss(temperature=0.5)
+    elif case.ours == "proxy_nca_pp":
+        loss = losses.ProxyNCALoss(num_classes, dim, softmax_scale=9)
     else:  # pragma: no cover - table and factory out of sync
         raise KeyError(case.ours)
     if miner is None:
@@ -130,14 +167,18 @@ def copy_parameters(case: Case, ours: nn.Module, pml: nn.Module) -> None:
     with torch.no_grad():
         if case.ours == "proxy_anchor":
             pml.proxies.copy_(ours.proxies)
-        elif case.ours == "normalized_softmax":
+        elif case.ours in ("normalized_softmax", "arcface", "cosface", "subcenter_arcface"):
             pml.W.copy_(ours.weight.T)
+        elif case.ours == "proxy_nca_pp":
+            pml.proxies.copy_(ours.proxies)
 
 
 def pml_memory_bytes(case: Case, n: int, k: int) -> float:
     """Rough peak memory of PML's loss; its lifted structure builds |pos pairs| x |neg pairs|."""
     if case.ours == "lifted_structure":  # ~22-25 bytes per element measured at N = 128, 256
         return float(n * (k - 1)) * float(n * (n - k)) * 24
+    if case.ours == "ntxent":  # N pos pairs x N (N - 2) neg pairs; ~18-20 bytes each at N = 128, 256
+        return float(n) * float(n * (n - 2)) * 20
     return 0.0
 
 
@@ -278,7 +319,9 @@ def main() -> None:
             return (u @ u.T).sum()
 
         floor_times: list[float] = []
+        pk_labels = y
         for case in available:
+            y = torch.arange(n // 2, device=device).repeat(2) if case.two_views else pk_labels
             torch.manual_seed(0)
             kwargs = dict(case.ours_kwargs)
             if case.with_classes:
