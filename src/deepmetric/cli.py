@@ -1,4 +1,4 @@
-"""The ``deepmetric`` command: train, eval, embed, search, index, report, recipes, demo.
+"""The ``deepmetric`` command: train, eval, embed, search, calibrate, index, report, recipes, demo.
 
 Thin by design: each subcommand parses its arguments and calls a library function
 (:func:`deepmetric.training.fit`, :mod:`deepmetric.inference`, :func:`deepmetric.demo.run_demo`,
@@ -165,6 +165,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    if getattr(args, "match", False):
+        return cmd_search_match(args)
     import numpy as np
 
     from deepmetric.embeddings_io import load_embeddings
@@ -206,6 +208,106 @@ def cmd_search(args: argparse.Namespace) -> int:
         score = "distance" if args.metric == "euclidean" else "similarity"
         rows = [[q if h.rank == 1 else "", str(h.rank), f"{h.score:.4f}", h.label, h.path] for q, hits in zip(names, results) for h in hits]
         print(_format_table(rows, ["query", "rank", score, "label", "path"]))
+    return 0
+
+
+def cmd_search_match(args: argparse.Namespace) -> int:
+    """``search --match``: "match" / "no match" / "unknown" per query with a run's calibrated threshold."""
+    import numpy as np
+
+    from deepmetric.calibration import load_calibration, match
+    from deepmetric.embeddings_io import load_embeddings
+    from deepmetric.errors import DataError
+    from deepmetric.inference import collect_images, embed_images, load_model
+
+    source = args.calibration or args.model
+    if source is None:
+        raise DataError("--match needs a calibrated run: pass --model RUN (after `deepmetric calibrate RUN`) "
+                        "or --calibration RUN/calibration.json")
+    calibration = load_calibration(source)
+    if args.metric != calibration.metric:
+        print(f"note: --match uses the calibration's metric ({calibration.metric})", file=sys.stderr)
+    saved_index = None
+    if Path(args.gallery + ".json").is_file() and not args.gallery.endswith(".npz"):
+        from deepmetric.search_index import SearchIndex
+
+        saved_index = SearchIndex.load(args.gallery)
+        if saved_index.metric != calibration.metric:
+            raise DataError(f"the saved index uses {saved_index.metric} but the calibration {calibration.metric}; "
+                            f"rebuild the index with --metric {calibration.metric}")
+        if args.claims:
+            raise DataError("--claims needs an .npz gallery (from `deepmetric embed`), not a saved index")
+    else:
+        gallery = load_embeddings(args.gallery)
+    if len(args.queries) == 1 and args.queries[0].endswith(".npz"):
+        qset = load_embeddings(args.queries[0])
+        names = [p or f"row {i}" for i, p in enumerate(qset.paths)]
+    else:
+        if args.model is None:
+            raise DataError("matching images needs the model that embedded the gallery; pass --model RUN_FOLDER")
+        paths, labels = collect_images(args.queries)
+        _set_threads(args.threads)
+        model, _, _ = load_model(args.model, args.device)
+        qset = embed_images(model, paths, labels, progress=not args.no_progress)
+        names = [str(p) for p in paths]
+    queries = np.asarray(qset.embeddings)
+    rows: list[dict[str, Any]] = []
+    if saved_index is not None:
+        from deepmetric.inference import search_saved_index
+
+        for name, hits in zip(names, search_saved_index(saved_index, queries, k=1)):
+            hit = hits[0]
+            ok = hit.score >= calibration.threshold if calibration.metric == "cosine" else hit.score <= calibration.threshold
+            rows.append({"query": name, "decision": "match" if ok else "unknown", "label": hit.label,
+                         "score": round(hit.score, 6), "path": hit.path})
+    else:
+        claims = [str(v) for v in qset.labels] if args.claims else None
+        results = match(queries, gallery.embeddings, [str(v) for v in gallery.labels], calibration, claimed_labels=claims)
+        for name, r in zip(names, results):
+            row = {"query": name, "decision": r.decision, "label": r.label, "score": round(r.score, 6),
+                   "path": gallery.paths[r.index]}
+            if claims is not None:
+                row.update(claimed=r.claimed, claimed_score=None if r.claimed_score is None else round(r.claimed_score, 6))
+            rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        score = "distance" if calibration.metric == "euclidean" else "similarity"
+        header = ["query", "decision", "nearest label", score, "path"] + (["claimed"] if args.claims else [])
+        table = [[r["query"], r["decision"], str(r["label"]), f"{r['score']:.4f}", r["path"]]
+                 + ([str(r.get("claimed"))] if args.claims else []) for r in rows]
+        print(_format_table(table, header))
+        print(f"threshold: {calibration.accept.replace('threshold', f'{calibration.threshold:.6g}')} "
+              f"(calibrated for {calibration.target} {calibration.target_value:g})", file=sys.stderr)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from deepmetric.calibration import calibrate_run
+
+    _set_threads(args.threads)
+    far = args.far if args.far is not None or args.precision is not None else 1e-3
+    calibration, path = calibrate_run(
+        args.run, far=far, precision=args.precision, device=args.device, max_pairs=args.max_pairs,
+        seed=args.seed, progress=not args.no_progress,
+    )
+    if args.json:
+        print(json.dumps(calibration.model_dump(mode="json"), indent=2))
+    else:
+        c = calibration
+        print(_format_table([
+            ["threshold", f"{c.accept.replace('threshold', f'{c.threshold:.6g}')}"],
+            ["target", f"{c.target} {c.target_value:g}"],
+            ["precision", f"{c.precision:.4f}"],
+            ["recall (TAR)", f"{c.recall:.4f}"],
+            ["FAR", f"{c.far:.3g}"],
+            ["pairs", f"{c.n_genuine_pairs} genuine, {c.n_impostor_pairs} impostor"
+                      + (f" ({c.n_pairs_used} sampled)" if c.pairs_sampled else "")],
+            ["validation items", f"{c.n_items} in {c.n_classes} classes"],
+        ], ["calibration", "value"]))
+        for note in c.notes:
+            print(f"note: {note}", file=sys.stderr)
+    print(f"calibration written to {path}", file=sys.stderr)
     return 0
 
 
@@ -354,8 +456,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=5, help="neighbours per query (default: 5)")
     p.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine", help="similarity (default: cosine)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--match", action="store_true",
+                   help="say match / no match / unknown per query with the threshold of `deepmetric calibrate` "
+                   "(read from --calibration, else from --model's run folder)")
+    p.add_argument("--calibration", default=None, metavar="PATH",
+                   help="with --match: a run folder or calibration.json (default: --model)")
+    p.add_argument("--claims", action="store_true",
+                   help="with --match: verify each query against its own label (folder name or .npz label) as the "
+                   "claimed identity; 'no match' when it matches someone else")
     _common(p)
     p.set_defaults(handler=cmd_search)
+
+    p = sub.add_parser(
+        "calibrate", help="pick a matching threshold on a run's validation split", formatter_class=_Formatter,
+        description="Embed the run's validation split, score every pair of its items (genuine = same class) and "
+        "choose the similarity/distance threshold meeting a false accept rate (--far) or a pair precision "
+        "(--precision); writes RUN/calibration.json for `deepmetric search --match`.",
+        epilog="examples:\n"
+        "  deepmetric calibrate runs/demo-X                 # FAR 1e-3\n"
+        "  deepmetric calibrate runs/demo-X --precision 0.99\n"
+        "  deepmetric search gallery.npz query.png --model runs/demo-X --match",
+    )
+    p.add_argument("run", help="run folder or checkpoint (RUN/checkpoints/best.pt)")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--far", type=float, default=None, help="target false accept rate of pairs, in (0, 1) (default: 1e-3)")
+    target.add_argument("--precision", type=float, default=None, help="target pair precision, in (0, 1)")
+    p.add_argument("--max-pairs", type=int, default=10_000_000, metavar="N",
+                   help="pairs scored at most; beyond, a seeded sample (default: 10,000,000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the pair sample (default: 0)")
+    p.add_argument("--json", action="store_true", help="print the calibration as JSON")
+    _common(p)
+    p.set_defaults(handler=cmd_calibrate)
 
     p = sub.add_parser(
         "index", help="build a saved faiss search index from an embeddings file", formatter_class=_Formatter,

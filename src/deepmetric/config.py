@@ -168,6 +168,16 @@ class LossConfig(_Section):
     synthesis_params: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments of the synthesis wrapper (alpha, beta)"
     )
+    memory_size: int = Field(
+        0,
+        ge=0,
+        description="> 0 wraps the pair loss in a cross-batch memory (XBM, Wang et al. CVPR 2020) of this many "
+        "past embeddings: the batch is scored against batch + memory; must be >= the batch (gathered over "
+        "processes); in the checkpoint, so resume stays exact",
+    )
+    memory_start_step: int = Field(
+        0, ge=0, description="training steps before the cross-batch memory is used and filled (warm-up)"
+    )
     heads: dict[str, float] = Field(
         default_factory=dict,
         description="models with named outputs (multilevel, tracklet): weight of each output's loss, "

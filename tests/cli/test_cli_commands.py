@@ -16,7 +16,7 @@ from deepmetric.cli import build_parser, main
 from deepmetric.errors import DataError
 from deepmetric.recipes import PACKAGED_DEMO, REPO_RECIPES_DIR, find_recipe, list_recipes
 
-SUBCOMMANDS = ["train", "eval", "embed", "search", "index", "report", "recipes", "demo"]
+SUBCOMMANDS = ["train", "eval", "embed", "search", "index", "report", "recipes", "demo", "calibrate"]
 
 
 def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -21,6 +21,25 @@ Definitions (see METHODS.md "Shared pieces"; the query's own item is never its o
   All queries count.
 * NMI and F1: k-means clustering, see :mod:`deepmetric.evaluation.clustering`.
 
+Extra metrics (never computed by default; request them by name in ``metrics``; each family
+gives one key per K in ``k_values``; queries with R = 0 are left out as above):
+
+* ``precision@k`` -> ``"precision@K"``: (same-class items among the K nearest) / K, the usual
+  information-retrieval definition (penalises a perfect ranking when R < K). At K = 1 it equals
+  ``"precision@1"`` above (same key, same value).
+* ``precision_oml@k`` -> ``"precision_oml@K"``: (same-class items among the K nearest) /
+  min(K, R), open-metric-learning's ``precision@k`` (a perfect ranking scores 1 for every K).
+* ``map@k`` -> ``"map@K"``: open-metric-learning's ``map@k``,
+  (1 / min(K, R)) sum_{i<=K} P(i) rel(i); with K >= R it is MAP@R's sum over the first K.
+* ``mrr`` -> ``"mrr"``: mean over queries of 1 / (rank of the first same-class item) over the
+  WHOLE gallery (not only the k-NN list; an extra exact pass in chunks, ranks with the tie rule
+  below).
+* ``ami`` -> ``"ami"``: adjusted mutual information (arithmetic normalisation, as
+  :func:`sklearn.metrics.adjusted_mutual_info_score`) of the same k-means clustering as NMI/F1
+  (computed once when several of them are requested; the NMI and F1 values do not change).
+
+:func:`per_class_metrics` breaks Recall@1 and MAP@R down by query class.
+
 Neighbour order and ties follow :func:`deepmetric.evaluation.knn.knn_search` (lower gallery
 index first among equal scores).
 """
@@ -48,6 +67,11 @@ from deepmetric.functional import check_embeddings
 RETRIEVAL_METRICS = ("recall@k", "precision@1", "r_precision", "map@r")
 ALL_METRICS = RETRIEVAL_METRICS + ("nmi", "f1", "knn_accuracy", "centroid_accuracy")
 DEFAULT_METRICS = ALL_METRICS
+#: opt-in metrics (module docstring); not in ALL_METRICS / DEFAULT_METRICS, so the default
+#: output keeps its keys
+EXTRA_RETRIEVAL_METRICS = ("precision@k", "precision_oml@k", "map@k", "mrr")
+EXTRA_METRICS = EXTRA_RETRIEVAL_METRICS + ("ami",)
+KNOWN_METRICS = ALL_METRICS + EXTRA_METRICS
 
 
 def relevant_counts(
@@ -243,12 +267,13 @@ def evaluate_embeddings(
     if isinstance(metrics, str):
         metrics = (metrics,)
     for name in metrics:
-        if name not in ALL_METRICS:
-            raise ConfigError(unknown_name_message("evaluation metric", name, ALL_METRICS))
+        if name not in KNOWN_METRICS:
+            raise ConfigError(unknown_name_message("evaluation metric", name, KNOWN_METRICS))
     if metric not in KNN_METRICS:
         raise ConfigError(unknown_name_message("metric", metric, KNN_METRICS))
     k_values = tuple(int(k) for k in k_values)
-    if "recall@k" in metrics and (not k_values or min(k_values) < 1):
+    k_families = ("recall@k", "precision@k", "precision_oml@k", "map@k")
+    if any(m in metrics for m in k_families) and (not k_values or min(k_values) < 1):
         raise ConfigError(f"k_values must be positive integers, got {k_values}")
     if isinstance(knn_k, bool) or not isinstance(knn_k, int) or knn_k < 1:
         raise ConfigError(f"knn_k must be a positive integer, got {knn_k!r}")
@@ -275,7 +300,7 @@ def evaluate_embeddings(
     available = gallery.shape[0] - (1 if leave_one_out else 0)
 
     results: dict[str, float] = {"n_queries": queries.shape[0]}
-    wants_retrieval = any(m in metrics for m in RETRIEVAL_METRICS)
+    wants_retrieval = any(m in metrics for m in RETRIEVAL_METRICS + EXTRA_RETRIEVAL_METRICS)
     k_needed = 0
     n_relevant = valid = None
     if wants_retrieval:
@@ -287,7 +312,7 @@ def evaluate_embeddings(
                 "no query has another item of its class in the gallery, so retrieval metrics are "
                 "undefined; evaluate on classes with at least 2 samples"
             )
-        if "recall@k" in metrics:
+        if any(m in metrics for m in k_families):
             k_needed = max(k_needed, max(k_values))
         if "r_precision" in metrics or "map@r" in metrics:
             k_needed = max(k_needed, int(n_relevant.max()))
@@ -323,6 +348,12 @@ def evaluate_embeddings(
                 results["r_precision"] = r_precision(hits, n_relevant[valid])
             if "map@r" in metrics:
                 results["map@r"] = map_at_r(hits, n_relevant[valid])
+            if "precision@k" in metrics:
+                results.update(precision_at_k(hits, k_values))
+            if "precision_oml@k" in metrics:
+                results.update(precision_oml_at_k(hits, n_relevant[valid], k_values))
+            if "map@k" in metrics:
+                results.update(map_at_k(hits, n_relevant[valid], k_values))
         if "knn_accuracy" in metrics:
             pred = knn_vote(neighbour_labels[:, :knn_k])
             results["knn_accuracy"] = float((pred == q_labels).double().mean())
@@ -331,7 +362,174 @@ def evaluate_embeddings(
             queries, gallery, gallery_labels, metric=metric, exclude=exclude, chunk_size=chunk_size
         )
         results["centroid_accuracy"] = float((pred == q_labels).double().mean())
-    if "nmi" in metrics or "f1" in metrics:
+    if "mrr" in metrics:
+        assert valid is not None
+        ranks = first_relevant_ranks(queries, gallery, q_labels, gallery_labels, metric=metric,
+                                     exclude=exclude, chunk_size=chunk_size)
+        results["mrr"] = float((1.0 / ranks[valid].double()).mean())
+    if "ami" in metrics:
+        results.update(_clustering_with_ami(queries, q_labels, metrics, metric, seed, kmeans_backend))
+    elif "nmi" in metrics or "f1" in metrics:
         scores = clustering_scores(queries, q_labels, metric=metric, seed=seed, backend=kmeans_backend)
         results.update({k: v for k, v in scores.items() if k in metrics})
     return results
+
+
+# ----------------------------------------------------------------------------- extra metrics
+
+
+def _check_k(hits: Tensor, k_values: Sequence[int], name: str) -> None:
+    if k_values and max(k_values) > hits.shape[1]:
+        raise InputError(
+            f"{name}@{max(k_values)} needs at least {max(k_values)} neighbours per query, got "
+            f"{hits.shape[1]}; search with a larger k"
+        )
+
+
+def precision_at_k(hits: Tensor, k_values: Sequence[int]) -> dict[str, float]:
+    """``{"precision@K": mean over rows of (hits among the first K columns) / K}``."""
+    _check_k(hits, k_values, "precision")
+    cum = hits.double().cumsum(dim=1)
+    return {f"precision@{k}": float((cum[:, k - 1] / k).mean()) for k in k_values}
+
+
+def precision_oml_at_k(hits: Tensor, n_relevant: Tensor, k_values: Sequence[int]) -> dict[str, float]:
+    """``{"precision_oml@K": mean of (hits among the first K) / min(K, R)}`` (open-metric-learning's
+    precision@k); every R must be > 0."""
+    _check_k(hits, k_values, "precision_oml")
+    cum = hits.double().cumsum(dim=1)
+    r = n_relevant.double()
+    return {f"precision_oml@{k}": float((cum[:, k - 1] / r.clamp(max=k)).mean()) for k in k_values}
+
+
+def map_at_k(hits: Tensor, n_relevant: Tensor, k_values: Sequence[int]) -> dict[str, float]:
+    """``{"map@K": mean of (1 / min(K, R)) sum_{i<=K} P(i) rel(i)}`` (open-metric-learning's
+    map@k); every R must be > 0."""
+    _check_k(hits, k_values, "map")
+    h = hits.double()
+    ranks = torch.arange(1, hits.shape[1] + 1, device=hits.device, dtype=torch.float64)
+    terms = (h.cumsum(dim=1) / ranks * h).cumsum(dim=1)
+    r = n_relevant.double()
+    return {f"map@{k}": float((terms[:, k - 1] / r.clamp(max=k)).mean()) for k in k_values}
+
+
+def first_relevant_ranks(
+    queries: Tensor,
+    gallery: Tensor,
+    query_labels: Tensor,
+    gallery_labels: Tensor,
+    *,
+    metric: str = "cosine",
+    exclude: Tensor | None = None,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """1-based rank of the first same-class gallery item of every query in the FULL ranking
+    (better score first, lower gallery index first among equal scores; ``exclude[i]`` removed
+    from query i's candidates), computed exactly in query chunks (memory ~ chunk x G scores).
+    0 for a query with no same-class candidate."""
+    dtype = torch.float64 if gallery.dtype == torch.float64 else torch.float32
+    g = gallery.to(dtype)
+    if metric == "cosine":
+        g = F.normalize(g, dim=1)
+        bias = None
+    else:
+        bias = -(g * g).sum(dim=1)  # ranking key 2 q.g - |g|^2, as the k-NN search
+    n_g = g.shape[0]
+    cols = torch.arange(n_g, device=g.device)
+    step = chunk_size or default_chunk_size(n_g)
+    out = torch.zeros(queries.shape[0], dtype=torch.long, device=g.device)
+    for start in range(0, queries.shape[0], step):
+        q = queries[start : start + step].to(device=g.device, dtype=dtype)
+        if metric == "cosine":
+            key = F.normalize(q, dim=1) @ g.T
+        else:
+            key = torch.addmm(bias, q, g.T, beta=1.0, alpha=2.0)
+        if exclude is not None:
+            own = exclude[start : start + step].to(g.device)
+            rows = torch.nonzero(own >= 0).flatten()
+            key[rows, own[rows]] = float("-inf")
+        rel = query_labels[start : start + step].to(g.device).view(-1, 1) == gallery_labels.view(1, -1)
+        if exclude is not None:
+            rel[rows, own[rows]] = False
+        best = key.masked_fill(~rel, float("-inf")).amax(dim=1, keepdim=True)
+        # lowest index among the relevant items at the best relevant score
+        first = torch.where(rel & (key == best), cols, n_g).amin(dim=1, keepdim=True)
+        ahead = (key > best) | ((key == best) & (cols.unsqueeze(0) < first))
+        ranks = ahead.sum(dim=1) + 1
+        out[start : start + step] = torch.where(rel.any(dim=1), ranks, torch.zeros_like(ranks))
+    return out
+
+
+def _clustering_with_ami(
+    queries: Tensor, labels: Tensor, metrics: Sequence[str], metric: str, seed: int, backend: str
+) -> dict[str, float]:
+    """NMI / F1 / AMI of ONE k-means run, the same run (and values) as ``clustering_scores``."""
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    from deepmetric.evaluation.clustering import kmeans_assignments, nmi_score, pairwise_f1_score
+
+    x = queries
+    if metric == "cosine":
+        x = F.normalize(x.double() if x.dtype == torch.float64 else x.float(), dim=1)
+    y = labels.detach().cpu().numpy()
+    clusters = kmeans_assignments(x, int(np.unique(y).size), seed=seed, backend=backend)
+    out = {"ami": float(adjusted_mutual_info_score(y, clusters))}
+    if "nmi" in metrics:
+        out["nmi"] = nmi_score(y, clusters)
+    if "f1" in metrics:
+        out["f1"] = pairwise_f1_score(y, clusters)
+    return out
+
+
+def per_class_metrics(
+    embeddings: Tensor | np.ndarray,
+    labels: Tensor | np.ndarray,
+    query_embeddings: Tensor | np.ndarray | None = None,
+    query_labels: Tensor | np.ndarray | None = None,
+    *,
+    metric: str = "cosine",
+    backend: str = "exact",
+    chunk_size: int | None = None,
+) -> dict[int, dict[str, float]]:
+    """``{class: {"recall@1", "map@r", "count"}}``: Recall@1 and MAP@R averaged over the
+    queries of each class (same modes and definitions as :func:`evaluate_embeddings`), and
+    ``count`` = that class's queries that entered the means. Classes whose every query has R = 0
+    are left out. The means over classes weighted by ``count`` give the global values."""
+    if metric not in KNN_METRICS:
+        raise ConfigError(unknown_name_message("metric", metric, KNN_METRICS))
+    gallery, gallery_labels = _checked(embeddings, labels, "embeddings")
+    leave_one_out = query_embeddings is None
+    if leave_one_out:
+        queries, q_labels = gallery, gallery_labels
+    else:
+        if query_labels is None:
+            raise InputError("query_embeddings given without query_labels; pass both or neither")
+        queries, q_labels = _checked(query_embeddings, query_labels, "query_embeddings")
+        queries, q_labels = queries.to(gallery.device), q_labels.to(gallery.device)
+    exclude = _resolve_exclusion(queries.shape[0], gallery.shape[0], leave_one_out, None, None, gallery.device)
+    n_relevant = relevant_counts(q_labels, gallery_labels, exclude)
+    valid = n_relevant > 0
+    if not bool(valid.any()):
+        raise DataError(
+            "no query has another item of its class in the gallery, so per-class metrics are "
+            "undefined; evaluate on classes with at least 2 samples"
+        )
+    k = int(n_relevant.max())
+    indices, _ = knn_search(queries, None if leave_one_out else gallery, k, metric=metric,
+                            chunk_size=chunk_size, backend=backend)
+    hits = gallery_labels[indices.to(gallery.device)][valid] == q_labels[valid].unsqueeze(1)
+    r = n_relevant[valid]
+    within = _within_r(hits, r).double()
+    ranks = torch.arange(1, hits.shape[1] + 1, device=hits.device, dtype=torch.float64)
+    ap = (within.cumsum(dim=1) / ranks * within).sum(dim=1) / r.double()
+    top1 = hits[:, 0].double()
+    classes = q_labels[valid]
+    out: dict[int, dict[str, float]] = {}
+    for c in torch.unique(classes).tolist():
+        sel = classes == c
+        out[int(c)] = {
+            "recall@1": float(top1[sel].mean()),
+            "map@r": float(ap[sel].mean()),
+            "count": int(sel.sum()),
+        }
+    return out

@@ -30,6 +30,13 @@ _LOSS_CLASSES: dict[str, str] = {
     "ranked_list": "ranked_list:RankedListLoss",
     "center_structured": "center_structured:CenterStructuredLoss",
     "triplet_hybrid": "triplet_hybrid:TripletHybridLoss",
+    "arcface": "margin_softmax:ArcFaceLoss",
+    "cosface": "margin_softmax:CosFaceLoss",
+    "subcenter_arcface": "margin_softmax:SubCenterArcFaceLoss",
+    "circle": "circle:CircleLoss",
+    "supcon": "supcon:SupConLoss",
+    "ntxent": "supcon:NTXentLoss",
+    "proxy_nca_pp": "proxy_nca:ProxyNCAPPLoss",
 }
 
 #: loss name -> "deepmetric.losses.module:Class"; ``loss.name`` may also be an import path
@@ -74,6 +81,7 @@ EXTRA_EXPORTS: dict[str, str] = {
     "predict": "classification:predict",
     "SymmetricalSynthesis": "synthesis:SymmetricalSynthesis",
     "MultiOutputLoss": "multi_output:MultiOutputLoss",
+    "CrossBatchMemory": "xbm:CrossBatchMemory",
 }
 
 

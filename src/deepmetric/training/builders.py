@@ -151,6 +151,19 @@ def build_loss_from_config(
     loss = build_loss(config.name, **params)
     if not isinstance(loss, nn.Module):
         raise ConfigError(f"loss '{config.name}' built a {type(loss).__name__}, not a torch.nn.Module")
+    # cross-batch memory (XBM): loss.memory_size > 0 wraps the pair loss
+    memory_size, memory_start = config.memory_size, config.memory_start_step
+    if memory_size > 0:
+        if config.synthesis != "none":
+            raise ConfigError(
+                "loss.memory_size (cross-batch memory) and loss.synthesis cannot be combined: both "
+                "rewrite the pair matrix; set loss.synthesis=none or loss.memory_size=0"
+            )
+        from deepmetric.losses.xbm import CrossBatchMemory
+
+        loss = CrossBatchMemory(loss, memory_size, start_step=memory_start, embedding_dim=embedding_dim)
+    elif memory_start:
+        raise ConfigError("loss.memory_start_step is set but loss.memory_size is 0; set loss.memory_size=M")
     if config.synthesis == "symmetrical":
         from deepmetric.losses.synthesis import SymmetricalSynthesis
 
