@@ -120,6 +120,7 @@ class MetricsFile(_RunFileModel):
     test_step: int | None = None
     class_names: list[str] | None = None
     warnings: list[str] = []
+    counts: dict[str, int] = {}
     protocol: str = "retrieval"
 
 

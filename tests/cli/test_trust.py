@@ -200,3 +200,27 @@ def test_too_few_classes_names_the_split_arithmetic_and_the_setting(tmp_path: Pa
     code, _, err = run_cli(["train", str(recipe), "--out", str(tmp_path / "r"), "sampler.p=8",
                             "data.val_by=items", "--no-progress", "trainer.steps=1"], capsys)
     assert code == 0, err
+
+
+def toy_with_singles(split: str, transform: object = None) -> object:
+    """Toy data where one training class and one test class hold a single item."""
+    from toy_training import ToyDataset
+
+    data = ToyDataset(list(range(8)) if split == "train" else list(range(8, 14)), 6, transform)
+    last = max(data.labels)
+    keep = [i for i, y in enumerate(data.labels) if y != last] + [data.labels.index(last)]
+    data.items = [data.items[i] for i in keep]
+    data.labels = [data.labels[i] for i in keep]
+    data.paths = [data.paths[i] for i in keep]
+    return data
+
+
+def test_single_item_classes_are_warned_and_counted(tmp_path: Path, capsys) -> None:
+    recipe = toy_recipe(tmp_path, steps=2)
+    code, _, err = run_cli(["train", str(recipe), "--out", str(tmp_path / "r"), "--no-progress",
+                            "data.name=test_trust:toy_with_singles", "data.val_by=items"], capsys)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["counts"] == {"single_item_train_classes": 1, "single_item_test_classes": 1}
+    assert "class7" in err and "class13" in err  # named in the warnings
+    assert metrics["test"]["n_queries_excluded"] == 1

@@ -164,20 +164,14 @@ def _amp_enabled(config: Config, device: torch.device) -> bool:
     return bool(amp)
 
 
-def _check_single_item_classes(train: Any, config: Config) -> None:
-    """A class with one training item has no positive pair: an error, unless the P x K sampler is
-    told to drop such classes (``sampler.small_class_policy=drop``)."""
-    if config.sampler.name != "pk" or config.sampler.small_class_policy == "drop":
-        return
-    counts = np.bincount(np.asarray(train.labels, dtype=np.int64))
-    singles = np.flatnonzero(counts == 1)
-    if len(singles):
-        names = getattr(train, "class_names", None)
-        example = names[singles[0]] if names is not None and len(names) > singles[0] else int(singles[0])
-        raise DataError(
-            f"{len(singles)} training class(es) have a single item (e.g. '{example}'), so they cannot form a "
-            "positive pair; add items to them, or set sampler.small_class_policy=drop to leave them out"
-        )
+def single_item_classes(dataset: Any) -> list[str]:
+    """Names (or numbers) of the classes of ``dataset`` that hold exactly one item."""
+    labels = np.asarray(getattr(dataset, "labels", []), dtype=np.int64)
+    if labels.size == 0:
+        return []
+    singles = np.flatnonzero(np.bincount(labels) == 1)
+    names = class_names_of(dataset)
+    return [names[c] if names is not None and c < len(names) else str(int(c)) for c in singles]
 
 
 def _check_enough_classes(splits: Splits, config: Config) -> None:
@@ -221,7 +215,6 @@ class _Run:
         if config.model.init_from is not None and not resume:
             init_weights(self.model, self.loss, config.model.init_from)
         self.eval_protocol = build_eval_protocol(config.eval)
-        _check_single_item_classes(self.splits.train, config)
         self.model.to(self.device)
         self.loss.to(self.device)
         # several processes: every rank starts from rank 0's weights, pair losses see all ranks'
@@ -245,6 +238,16 @@ class _Run:
             )
         self.total_steps = _total_steps(config, self.steps_per_epoch)
         self.warnings: list[str] = []
+        self.counts: dict[str, int] = {}
+        singles = single_item_classes(self.splits.train)
+        if singles and config.sampler.name == "pk":
+            self.counts["single_item_train_classes"] = len(singles)
+            if config.sampler.small_class_policy == "replace":
+                self.note(
+                    f"{len(singles)} training class(es) have a single item (e.g. '{singles[0]}'): each forms its "
+                    "positive pair with an augmented copy of itself; set sampler.small_class_policy=drop to leave "
+                    "them out"
+                )
         warmup = effective_warmup(config.scheduler.warmup_steps, self.total_steps)
         if warmup < config.scheduler.warmup_steps:
             self.note(f"scheduler.warmup_steps={config.scheduler.warmup_steps} is more than a quarter of the "
@@ -373,6 +376,7 @@ class _Run:
             protocol=self.config.eval.protocol,
             class_names=class_names_of(self.splits.test),
             warnings=self.warnings,
+            counts=self.counts,
             **(final or {}),
         )
         if self.main:
@@ -513,6 +517,14 @@ class _Run:
             self.loss.load_state_dict(best_state["loss"])
         metrics, inputs = self.evaluate(self.splits.test, "test")
         embeddings, labels = inputs.embeddings()
+        test_singles = single_item_classes(self.splits.test)
+        if test_singles and getattr(self.splits.test, "is_query", None) is None:
+            self.counts["single_item_test_classes"] = len(test_singles)
+            self.note(
+                f"{len(test_singles)} test class(es) have a single item (e.g. '{test_singles[0]}'): as leave-one-out "
+                "queries they have nothing to retrieve and are left out of the retrieval metrics (they stay in "
+                "the gallery)"
+            )
         final["test"] = _clean(metrics)
         final["test_step"] = chosen_step
         if self.main:
