@@ -394,23 +394,30 @@ def describe_config() -> list[tuple[str, str, str]]:
 
 
 def _suggest(path: Sequence[str]) -> str:
-    """' Did you mean ...?' text for an unknown key at ``path``."""
+    """' Did you mean ...?' text for an unknown key at ``path``.
+
+    A close key in the same section wins; a key of a section with ``params`` (data, model, loss)
+    that is close to nothing there is most likely a parameter of that section's builder; a
+    top-level name is matched against every leaf key (``lr`` -> ``optimizer.lr``).
+    """
     parent = _section_at(path[:-1])
     name = path[-1]
-    hint = None
     if parent is not None:
         local = closest_match(name, list(parent.model_fields))
         if local is not None:
-            hint = ".".join([*path[:-1], local])
-    if hint is None:  # e.g. 'lr' at the top level -> 'optimizer.lr'
-        keys = list(config_keys())
-        leaves = {k.split(".")[-1]: k for k in keys}
-        leaf = closest_match(name, list(leaves))
-        if leaf is not None:
-            hint = leaves[leaf]
-        else:
-            hint = closest_match(".".join(path), keys)
-    return f"; did you mean '{hint}'?" if hint else ""
+            return f"; did you mean '{'.'.join([*path[:-1], local])}'?"
+    if len(path) == 2 and path[0] in ("data", "model", "loss"):
+        return f"; did you mean '{path[0]}.params.{name}' (a parameter of the {path[0]} builder)?"
+    keys = list(config_keys())
+    leaves = {k.split(".")[-1]: k for k in keys}
+    leaf = closest_match(name, list(leaves))
+    hint = leaves[leaf] if leaf is not None else closest_match(".".join(path), keys)
+    if hint:
+        return f"; did you mean '{hint}'?"
+    if len(path) == 1:
+        return (f"; if it is a parameter of the dataset loader, the model or the loss, write it as "
+                f"data.params.{name}, model.params.{name} or loss.params.{name}.")
+    return ""
 
 
 def _unknown_key_message(path: Sequence[str]) -> str:

@@ -39,4 +39,11 @@ def unknown_name_message(kind: str, name: str, choices: Iterable[str]) -> str:
     choices = sorted(choices)
     hint = closest_match(name, choices)
     did_you_mean = f" Did you mean '{hint}'?" if hint else ""
-    return f"unknown {kind} '{name}'.{did_you_mean} Valid {kind}s: {', '.join(choices)}."
+    return f"unknown {kind} '{name}'.{did_you_mean} Valid {plural(kind)}: {', '.join(choices)}."
+
+
+def plural(noun: str) -> str:
+    """English plural of a kind name: loss -> losses, dataset -> datasets, index -> indexes."""
+    if noun.endswith(("s", "x", "sh", "ch")):
+        return noun + "es"
+    return noun + "s"

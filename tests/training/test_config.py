@@ -136,3 +136,25 @@ def test_hostile_yaml_runs_no_code_and_huge_files_are_refused(tmp_path: Path) ->
     hand_written = tmp_path / "anchors.yaml"
     hand_written.write_text("optimizer: &o {lr: 0.001}\nscheduler: {warmup_steps: 3}\n")
     assert load_config(hand_written).optimizer.lr == 0.001
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("skip_bad=True", "data.params.skip_bad"),  # a loader parameter given at the top level
+        ("data.skip_bad=true", "did you mean 'data.params.skip_bad'"),
+        ("loss.margin=0.2", "did you mean 'loss.params.margin'"),
+        ("trainer.lr=0.1", "did you mean 'optimizer.lr'"),
+    ],
+)
+def test_misplaced_builder_parameters_point_at_params(override: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unknown_names_use_correct_plurals() -> None:
+    from deepmetric.losses import build_loss
+
+    with pytest.raises(ConfigError, match="Valid losses: "):
+        build_loss("tripplet")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import io
 import re
-import warnings
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,7 +68,10 @@ def to_mode(image: Image.Image, mode: str = "RGB") -> Image.Image:
 def decode_image(data: bytes, name: str, mode: str = "RGB") -> Image.Image:
     """Decode image ``data`` (named ``name`` in errors) and convert it to ``mode``."""
     if len(data) == 0:
-        raise DataError(f"image {name} is empty (0 bytes); replace or delete it, or pass skip_bad=True")
+        raise DataError(
+            f"image {name} is empty (0 bytes); replace or delete it, or set data.params.skip_bad=true to leave "
+            "unreadable images out"
+        )
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
@@ -118,8 +121,6 @@ def drop_unreadable(paths: Sequence[str | Path], *columns: Sequence) -> tuple[li
             bad.append(str(path))
     if bad:
         examples = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
-        warnings.warn(
-            f"skipped {len(bad)} unreadable image(s) of {len(paths)} (missing, empty or corrupt): {examples}",
-            stacklevel=3,
-        )
+        print(f"warning: skipped {len(bad)} unreadable image(s) of {len(paths)} (missing, empty or corrupt): "
+              f"{examples}", file=sys.stderr)
     return (keep, [paths[i] for i in keep], *([column[i] for i in keep] for column in columns))
