@@ -86,7 +86,26 @@ class DataConfig(_Section):
     image_size: int | None = Field(
         None, gt=0, description="input side length in pixels; null = the model's default"
     )
-    num_workers: int = Field(2, ge=0, description="data-loading worker processes (0 = main process)")
+    num_workers: int | Literal["auto"] = Field(
+        "auto",
+        description="data-loading worker processes (0 = main process); 'auto' = chosen for the machine and "
+        "the data (0 when the training items are cached or in memory, else min(4, CPU cores - 1)), said in the log",
+    )
+    cache: Literal["none", "memory", "disk"] = Field(
+        "none",
+        description="decode each training image once, at data.cache_size, and apply the random augmentation "
+        "to the cached pixels (uint8): 'memory' keeps them in RAM, 'disk' in a memory-mapped file under "
+        "data.cache_dir (shared by runs on the same images)",
+    )
+    cache_size: int | None = Field(
+        None,
+        ge=0,
+        description="shorter side (pixels) of cached images; null = 8/7 of the training resolution (e.g. 146 "
+        "for 128), 0 = full resolution (then cached and uncached batches are identical)",
+    )
+    cache_dir: str | None = Field(
+        None, description="folder of the 'disk' cache; null = .deepmetric-cache in the run folder's parent"
+    )
 
 
 class SamplerConfig(_Section):

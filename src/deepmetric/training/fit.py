@@ -164,6 +164,15 @@ def _amp_enabled(config: Config, device: torch.device) -> bool:
     return bool(amp)
 
 
+def resolve_workers(data: Any) -> int:
+    """``data.num_workers``, with 'auto' = 0 for cached or in-memory items, else min(4, cores - 1)."""
+    if data.num_workers != "auto":
+        return int(data.num_workers)
+    if data.cache != "none":
+        return 0
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
 def single_item_classes(dataset: Any) -> list[str]:
     """Names (or numbers) of the classes of ``dataset`` that hold exactly one item."""
     labels = np.asarray(getattr(dataset, "labels", []), dtype=np.int64)
@@ -215,6 +224,7 @@ class _Run:
         if config.model.init_from is not None and not resume:
             init_weights(self.model, self.loss, config.model.init_from)
         self.eval_protocol = build_eval_protocol(config.eval)
+        self.workers = resolve_workers(config.data)
         self.model.to(self.device)
         self.loss.to(self.device)
         # several processes: every rank starts from rank 0's weights, pair losses see all ranks'
@@ -331,7 +341,7 @@ class _Run:
         """What the evaluation protocol sees of ``dataset`` with the current weights."""
         return EvalInputs(
             model=self.model, loss=self.loss, dataset=dataset, config=self.config.eval, device=self.device,
-            support=lambda: self.splits.support, num_workers=self.config.data.num_workers,
+            support=lambda: self.splits.support, num_workers=self.workers,
             class_names=class_names_of(dataset),
         )
 
@@ -397,7 +407,7 @@ class _Run:
                 for b, batch in enumerate(epoch_batches)
             ][self.batch_in_epoch:]
             loader = DataLoader(
-                train, batch_sampler=keyed, num_workers=self.config.data.num_workers,
+                train, batch_sampler=keyed, num_workers=self.workers,
                 collate_fn=getattr(self.splits.train, "collate_fn", None),
                 pin_memory=self.device.type == "cuda",
             )
