@@ -10,7 +10,7 @@ r"""Classifier losses: normalised softmax, and a classifier's cross-entropy adde
 from __future__ import annotations
 
 import math
-from typing import Protocol
+
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +22,7 @@ from deepmetric.functional.classification import (
     normalized_softmax_loss,
 )
 from deepmetric.losses.base import MetricLoss
+from deepmetric.losses.contracts import ClassifierLoss
 from deepmetric.losses.proxy_anchor import check_sizes
 
 
@@ -158,21 +159,17 @@ class Hybrid(MetricLoss):
         return f"ce_weight={self.ce_weight}"
 
 
-class HasLogits(Protocol):
-    def logits(self, embeddings: Tensor) -> Tensor: ...
-
-
 @torch.no_grad()
-def predict(scorer: HasLogits, embeddings: Tensor) -> Tensor:
+def predict(scorer: ClassifierLoss, embeddings: Tensor) -> Tensor:
     """Predicted class index (N,) = argmax of ``scorer.logits(embeddings)``.
 
     ``scorer`` is any object with a ``logits`` method: :class:`Hybrid`,
     :class:`NormalizedSoftmaxLoss`, or :class:`~deepmetric.losses.proxy_anchor.ProxyAnchorLoss`
     (nearest proxy).
     """
-    if not callable(getattr(scorer, "logits", None)):
+    if not isinstance(scorer, ClassifierLoss):
         raise ConfigError(
-            f"predict needs an object with a logits(embeddings) method, got "
+            f"predict needs a loss that owns a classifier (logits and classifier_trained), got "
             f"{type(scorer).__name__}; pass a Hybrid, NormalizedSoftmaxLoss or ProxyAnchorLoss"
         )
     return scorer.logits(embeddings).argmax(dim=1)

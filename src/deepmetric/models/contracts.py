@@ -7,19 +7,22 @@
   ``(B, D)`` is labelled by the batch labels; one of shape ``(B, T, D)`` (e.g. the frames of a
   tracklet) by each item's label repeated T times.
 
-Consumers use :func:`embedding_of`; nobody looks for attribute names.
+A model with a pretrained part declares it with :class:`HasBackbone` (``backbone_parameters()``),
+so the optimizer can give it its own, smaller learning rate.
+
+Consumers use :func:`embedding_of` and ``isinstance``; nobody looks for attribute names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
 
 from deepmetric.errors import InputError
 
-__all__ = ["EMBEDDING", "MultiOutputModel", "embedding_of", "trained_outputs"]
+__all__ = ["EMBEDDING", "HasBackbone", "MultiOutputModel", "embedding_of", "trained_outputs"]
 
 #: the named output that evaluation and deployment use
 EMBEDDING = "embedding"
@@ -33,6 +36,15 @@ class MultiOutputModel(Protocol):
     output_dims: Mapping[str, int]
 
     def forward(self, *inputs: Any) -> dict[str, Tensor]: ...
+
+
+@runtime_checkable
+class HasBackbone(Protocol):
+    """A model whose (pretrained) backbone is a declared subset of its parameters."""
+
+    def backbone_parameters(self) -> Iterator[nn.Parameter]:
+        """The backbone's parameters (everything else of the model is the head)."""
+        ...
 
 
 def trained_outputs(model: nn.Module) -> dict[str, int] | None:

@@ -15,14 +15,16 @@ from torch import nn
 
 from deepmetric.config import OptimizerConfig
 from deepmetric.errors import ConfigError
+from deepmetric.models.contracts import HasBackbone
 
 __all__ = ["build_optimizer", "parameter_groups"]
 
 
 def _split_model(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    """(backbone, head) parameters; models without ``backbone_parameters`` are all head."""
+    """(backbone, head) parameters; a model that does not declare a backbone
+    (:class:`~deepmetric.models.contracts.HasBackbone`) is all head."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if not hasattr(model, "backbone_parameters"):
+    if not isinstance(model, HasBackbone):
         return [], params
     backbone_ids = {id(p) for p in model.backbone_parameters()}
     backbone = [p for p in params if id(p) in backbone_ids]
