@@ -38,7 +38,6 @@ import math
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,6 +45,14 @@ import numpy as np
 
 from deepmetric.errors import ConfigError, DataError
 from deepmetric.evaluation import plots
+from deepmetric.evaluation.report_html import (  # noqa: F401  (re-exported: order_metrics, is_count)
+    fmt,
+    is_count,
+    notes_html,
+    order_metrics,
+    page_head,
+    warnings_html,
+)
 from deepmetric.run_files import METRICS_FILE, SUMMARY_FILE, MetricsFile, read_metrics
 
 if TYPE_CHECKING:
@@ -59,9 +66,6 @@ FIGURES_DIR = "figures"
 
 #: test predictions of a classification run (labels, predictions, optional class_names)
 PREDICTIONS_FILE = "test_predictions.npz"
-
-#: preferred order of metrics in the summary table; others follow alphabetically
-METRIC_ORDER = ["recall@1", "recall@2", "recall@4", "recall@8", "precision@1", "r_precision", "map@r", "nmi", "f1"]
 
 #: metrics drawn as curves during training, when present (else the first MAX_CURVES others)
 CURVE_METRICS = ["recall@1", "recall@4", "map@r", "r_precision", "nmi", "accuracy"]
@@ -93,70 +97,16 @@ def finite_metrics(metrics: Mapping[str, float | None] | None) -> dict[str, floa
     return {k: float(v) for k, v in (metrics or {}).items() if v is not None and math.isfinite(v)}
 
 
-def is_count(name: str) -> bool:
-    """Bookkeeping counts (``n_queries``, ``n_queries_excluded``) and per-class entries are left
-    out of the summary table and the curves."""
-    return name.startswith("n_") or "/" in name  # counts, and per-class details ("per_class_accuracy/cat")
-
-
-def order_metrics(names: list[str]) -> list[str]:
-    """Sort metric names: the usual retrieval metrics first, in a fixed order."""
-    rank = {n: i for i, n in enumerate(METRIC_ORDER)}
-    return sorted(names, key=lambda n: (rank.get(n.lower(), len(rank)), n))
-
-
 def summary_rows(baseline: Mapping[str, float], test: Mapping[str, float]) -> list[tuple[str, float | None, float | None]]:
     """(metric, untrained, trained) for every metric in either dict."""
     names = order_metrics([n for n in set(baseline) | set(test) if not is_count(n)])
     return [(n, baseline.get(n), test.get(n)) for n in names]
 
 
-def fmt(v: float | None) -> str:
-    """A metric value for a table: 4 decimals, ``-`` when undefined."""
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "-"
-    return f"{v:.4f}" if abs(v) < 1000 else f"{v:.0f}"
-
-
 def problem(exc: BaseException) -> str:
     """``ExceptionName: first line of the message`` (for the notes of skipped pieces)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1000px;color:#222;padding:0 1em}
-h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:0.5em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
-.up{color:#1a9850}.down{color:#d73027}img{max-width:100%;border:1px solid #eee}
-pre{background:#f7f7f7;padding:1em;overflow-x:auto;font-size:0.85em}.note{color:#777;font-size:0.9em}
-.warning{background:#fff4e5;border-left:4px solid #f0a030;padding:0.4em 0.8em}
-"""
-
-
-def page_head(title: str, run_dir: Path) -> list[str]:
-    """The opening of a report page: title, run folder and time of generation."""
-    e = html.escape
-    return [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>deepmetric report: {e(run_dir.name)}</title><style>{STYLE}</style></head><body>",
-        f"<h1>{e(title)}: {e(run_dir.name)}</h1>",
-        f"<p class='note'>Run folder: {e(str(run_dir.resolve()))}<br>"
-        f"Generated {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}</p>",
-    ]
-
-
-def warnings_html(warnings: Sequence[str]) -> list[str]:
-    """Warnings of a run file as highlighted paragraphs."""
-    return [f"<p class='warning'>Warning: {html.escape(w)}</p>" for w in warnings]
-
-
-def notes_html(notes: Sequence[str]) -> list[str]:
-    """The 'Not shown' section listing what was skipped and why."""
-    if not notes:
-        return []
-    return ["<h2>Not shown</h2><ul>" + "".join(f"<li class='note'>{html.escape(n)}</li>" for n in notes) + "</ul>"]
 
 
 # ---------------------------------------------------------------------------------------------

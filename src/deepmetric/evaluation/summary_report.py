@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from deepmetric.evaluation.report import fmt, is_count, notes_html, order_metrics, page_head, warnings_html
+from deepmetric.evaluation.report_html import fmt, is_count, notes_html, order_metrics, page_head, warnings_html
 from deepmetric.run_files import ALL_GROUP, MetricStat, SubRun, SummaryFile, read_summary
 
 __all__ = ["MAX_COLUMNS", "main_metrics", "render_summary_html", "stat_cell", "write_summary_report"]
