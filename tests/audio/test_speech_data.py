@@ -270,14 +270,17 @@ def test_transfer_split_nested_shots_fixed_held_out(tmp_path):
     assert set(other_seed.paths) != set(trains[10].paths)
 
 
-def test_transfer_split_matches_the_experiment_and_rejects_bad_params(tmp_path):
+def test_transfer_split_matches_an_explicit_reference_and_rejects_bad_params(tmp_path):
     root = make_fsdd(tmp_path / "fsdd", {"ann": 2, "cid": 14})
-    module = pytest.importorskip("deepmetric.experiments.speech_transfer")
-    target_split = getattr(module, "target_split", None)
-    if target_split is None:
-        pytest.skip("deepmetric.experiments.speech_transfer.target_split is gone")
     data = SpeechDataset(fsdd_utterances(root))
-    pools, test_idx = target_split(data, "cid", 10, 3, 7)
+    # reference: words in sorted order, each word's target items in corpus order permuted by ONE
+    # generator; pool = the first 10, held-out test = the next 3
+    rng = np.random.default_rng(7)
+    pools, test_idx = {}, []
+    for word in sorted(set(data.labels)):
+        items = [i for i, (w, s) in enumerate(zip(data.labels, data.speakers)) if w == word and s == "cid"]
+        order = rng.permutation(items).tolist()
+        pools[word], test_idx = order[:10], test_idx + order[10:13]
     for n in (1, 5, 10):
         expected = {data.paths[i] for pool in pools.values() for i in pool[:n]}
         assert set(transfer(root, "train", role="target", shots=n, split_seed=7).paths) == expected

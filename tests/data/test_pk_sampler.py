@@ -95,7 +95,10 @@ def test_errors_are_clear():
     with pytest.raises(DataError, match="fewer than p=5"):
         PKSampler([0, 0, 1, 1, 2, 2], p=5, k=2)
     with pytest.raises(DataError, match="single sample"):
-        PKSampler(list(range(10)), p=2, k=2)
+        PKSampler(list(range(10)), p=2, k=2, small_class_policy="error")
+    # replace: a single-item class is drawn k times (augmented views), even when every class is one
+    single = PKSampler(list(range(10)), p=2, k=3, seed=0)
+    assert all(len(set(b[:3])) == 1 and len(set(b[3:])) == 1 for b in single)
     with pytest.raises(DataError, match="no labels"):
         PKSampler([], p=2, k=2)
     with pytest.raises(ConfigError, match="small_class_policy"):

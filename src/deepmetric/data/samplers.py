@@ -90,10 +90,11 @@ class PKSampler(Sampler[list[int]]):
         by_class: dict[Hashable, list[int]] = {}
         for index, label in enumerate(values):
             by_class.setdefault(label, []).append(index)
-        if all(len(items) == 1 for items in by_class.values()):
+        if all(len(items) == 1 for items in by_class.values()) and small_class_policy != "replace":
             raise DataError(
                 f"every one of the {len(by_class)} classes has a single sample, so no batch can hold a "
-                "positive pair; metric learning needs at least 2 samples for some classes"
+                "positive pair; metric learning needs at least 2 samples for some classes, or "
+                "small_class_policy='replace' with augmented items (each drawn k times as different views)"
             )
         small = sorted((c for c, items in by_class.items() if len(items) < k), key=str)
         if small and small_class_policy == "error":

@@ -7,15 +7,14 @@ outputs are sorted item indices, so the order of a split never depends on the se
 
 Modes, in order of precedence:
 
-1. **Speaker transfer** (``target_speaker`` set; the protocol of
-   :mod:`deepmetric.experiments.speech_transfer`). For every word the target spoke, the target's
+1. **Speaker transfer** (``target_speaker`` set; the sides of the ``speaker_transfer`` protocol,
+   :mod:`deepmetric.training.protocols.speaker_transfer`). For every word the target spoke, the target's
    utterances of it (in corpus order) are permuted by one ``numpy.random.default_rng(split_seed)``
    that visits the words in sorted order; the first ``max_shots`` form the word's *pool* and the
    next ``held_out`` (``None``: all the rest) its *held-out* items. Hence for a fixed
    ``max_shots`` the held-out set is identical for every ``shots`` and never meets a pool, and
    the ``shots`` = 1 training set is a subset of the ``shots`` = 5 one, itself a subset of the
-   ``shots`` = 10 one. This is exactly :func:`~deepmetric.experiments.speech_transfer.target_split`
-   on the same corpus.
+   ``shots`` = 10 one.
 
    * ``role="target"``: train = the first ``shots`` pool items of every word; test = held-out.
    * ``role="source"``: train = every item of every other speaker (``shots`` is ignored);
