@@ -101,7 +101,9 @@ def test_two_process_fit_equals_single_process(tmp_path, loss, monkeypatch):
     mp.start_processes(worker, args=(2, str(tmp_path / "init"), str(tmp_path / "ddp"), loss), nprocs=2,
                        start_method="spawn")
     register()
-    monkeypatch.setattr(builders, "SAMPLER", PairedSampler)
+    from deepmetric.data.registry import SAMPLERS
+
+    monkeypatch.setitem(SAMPLERS, "pk", PairedSampler)
     fit(config(loss), tmp_path / "single", progress=False)
     two = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")
     one = load_checkpoint(tmp_path / "single" / "checkpoints" / "last.pt")

@@ -8,9 +8,10 @@ bounding box ``BB``. For example ``0002_c1s1_000451_03.jpg`` is person 2 seen by
 DukeMTMC-reID uses the same folders and ``PPPP_cC_fFFFFFFF.jpg`` names, which are accepted too.
 
 Each image becomes a one-frame :class:`~deepmetric.data.tracklets.Tracklet`, so the video
-re-ID pipeline (:mod:`deepmetric.experiments.video_reid`, ``data.seq_len=1``) and
-:func:`deepmetric.evaluation.reid.evaluate_reid` apply unchanged: junk (-1) gallery images are
-ignored by the evaluation, distractors (0) stay as negatives.
+re-ID pipeline applies unchanged: ``data.name: market1501`` (clips of one frame, see
+:mod:`deepmetric.data.reid_datasets`), ``model.name: tracklet`` and ``eval.protocol: reid``
+(:func:`deepmetric.evaluation.reid.evaluate_reid`: junk (-1) gallery images are ignored by the
+evaluation, distractors (0) stay as negatives).
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def market1501_tracklets(root: str | Path, split: str = "train", drop_junk: bool
     folder = root / MARKET_SPLITS[split]
     if not folder.is_dir():
         raise DataError(
-            f"Market-1501 folder missing: {folder}; the dataset root must hold bounding_box_train/, "
+            f"Market-1501 folder missing: {folder}; data.root must be the folder holding bounding_box_train/, "
             "bounding_box_test/ and query/"
         )
     if drop_junk is None:
@@ -73,5 +74,5 @@ def market1501_tracklets(root: str | Path, split: str = "train", drop_junk: bool
             continue
         out.append(Tracklet(person, camera, [path]))
     if not out:
-        raise DataError(f"Market-1501 split '{split}' has no images in {folder}")
+        raise DataError(f"Market-1501 split '{split}' has no images in {folder}; the folder needs .jpg/.png crops")
     return out

@@ -1,14 +1,27 @@
 """Video re-identification data: tracklets (one person, one camera, a sequence of frames).
 
-Parsers for the released layouts of MARS (Zheng et al., ECCV 2016), PRID2011 (Hirzer et al.,
-SCIA 2011) and iLIDS-VID (Wang et al., ECCV 2014), a CSV manifest (one row per frame, columns
-``path,person,camera,sequence``), and a dataset that samples T frames per tracklet:
+* Layout parsers -> ``list[Tracklet]``: MARS (Zheng et al., ECCV 2016), PRID2011 (Hirzer et al.,
+  SCIA 2011), iLIDS-VID (Wang et al., ECCV 2014) and a CSV manifest (one row per frame, columns
+  ``path,person,camera,sequence``); :func:`split_identities` halves a set by person.
+* :class:`TrackletDataset` turns tracklets into items, in one of two modes:
 
-* training: restricted random sampling (Li et al., CVPR 2018, "Diversity Regularized
-  Spatiotemporal Attention"): the tracklet is cut into T equal chunks and one frame is drawn at
-  random from each, so a clip spans the whole sequence;
-* testing: every frame, in consecutive chunks of T (the last chunk padded by repetition) so the
-  caller can embed all frames and pool them.
+  - ``"train"``: a clip ``(T, C, H, W)`` of ``seq_len`` frames drawn by restricted random
+    sampling (Li et al., CVPR 2018, "Diversity Regularized Spatiotemporal Attention"): the
+    tracklet is cut into T equal chunks and one frame is drawn from each, so a clip spans the
+    whole sequence. The draw uses the global numpy RNG, which the trainer seeds per item
+    (:class:`~deepmetric.training.views.SeededItems`), so clips are reproducible and resumable;
+    the default collate stacks them into ``(B, T, C, H, W)``.
+  - ``"test"``: ALL frames ``(n_frames, C, H, W)``; its ``collate_fn`` (:func:`pad_tracklets`)
+    pads a batch to ``((clips (B, T_max, C, H, W), mask (B, T_max) bool), labels)``.
+
+* The frame pipeline (:func:`frame_pipeline`): the DATA owns the geometry and the re-ID
+  augmentation (resize to ``height x width``; in training a horizontal flip with probability
+  ``hflip`` and a random crop after zero-padding by ``pad`` pixels); the MODEL owns tensor
+  conversion and normalisation (its ``train_transform()`` / ``eval_transform()`` return a
+  :class:`FrameNormalize` with the backbone's mean and std). ``FrameNormalize.train`` also tells
+  a loader asked for the training tracklets whether the caller wants training clips or
+  evaluation items (the validation split carved from the training identities is evaluated on
+  all frames, like the test split).
 """
 
 from __future__ import annotations
@@ -26,8 +39,26 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
+from torchvision import transforms as T
+from torchvision.transforms import functional as TF
 
-from deepmetric.errors import DataError
+from deepmetric.errors import ConfigError, DataError
+
+__all__ = [
+    "FrameNormalize",
+    "Tracklet",
+    "TrackletDataset",
+    "csv_tracklets",
+    "frame_pipeline",
+    "ilidsvid_tracklets",
+    "is_evaluation_transform",
+    "load_frame",
+    "mars_tracklets",
+    "pad_tracklets",
+    "prid2011_tracklets",
+    "restricted_random_indices",
+    "split_identities",
+]
 
 
 @dataclass
@@ -41,7 +72,7 @@ class Tracklet:
 
 def _check_root(root: Path) -> Path:
     if not root.exists():
-        raise DataError(f"dataset folder not found: {root}; check the data root")
+        raise DataError(f"dataset folder not found: {root}; set data.root to the folder of the dataset")
     return root
 
 
@@ -55,7 +86,7 @@ def _loadmat(path: Path) -> dict[str, Any]:
 
 def _read_names(path: Path) -> list[str]:
     if not path.is_file():
-        raise DataError(f"MARS name list missing: {path}")
+        raise DataError(f"MARS name list missing: {path}; the 'info' folder of the MARS release is required")
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -85,7 +116,7 @@ def mars_tracklets(root: str | Path, split: str = "train") -> list[Tracklet]:
         frames = [root / f"bbox_{part}" / name[:4] / name for name in names[start - 1:end]]
         out.append(Tracklet(int(person), int(camera), frames))
     if not out:
-        raise DataError(f"MARS split '{split}' under {root} is empty")
+        raise DataError(f"MARS split '{split}' under {root} is empty; check info/ against the release")
     return out
 
 
@@ -94,13 +125,13 @@ def _two_camera_layout(base: Path, cams: Sequence[str], prefix: str, pattern: st
     for camera, cam in enumerate(cams):
         cam_dir = base / cam
         if not cam_dir.is_dir():
-            raise DataError(f"camera folder missing: {cam_dir}; check the dataset root")
+            raise DataError(f"camera folder missing: {cam_dir}; data.root must hold the release's camera folders")
         for person_dir in sorted(p for p in cam_dir.iterdir() if p.is_dir() and p.name.startswith(prefix)):
             frames = sorted(person_dir.glob(pattern))
             if len(frames) >= min_frames:
                 out.append(Tracklet(int(person_dir.name[len(prefix):]), camera, frames))
     if not out:
-        raise DataError(f"no tracklets found under {base}")
+        raise DataError(f"no tracklets found under {base}; the camera folders hold no {prefix}* folders of {pattern} frames")
     return out
 
 
@@ -127,7 +158,7 @@ def csv_tracklets(manifest: str | Path) -> list[Tracklet]:
     to the CSV). Frames of one (person, camera, sequence) keep the file's row order."""
     manifest = Path(manifest)
     if not manifest.is_file():
-        raise DataError(f"manifest not found: {manifest}")
+        raise DataError(f"manifest not found: {manifest}; set data.root to the CSV file (path,person,camera,sequence)")
     groups: dict[tuple[int, int, str], list[Path]] = defaultdict(list)
     with manifest.open(newline="") as handle:
         reader = csv.DictReader(handle)
@@ -141,7 +172,7 @@ def csv_tracklets(manifest: str | Path) -> list[Tracklet]:
                 raise DataError(f"{manifest}:{line}: person and camera must be integers ({exc})") from exc
             groups[key].append(manifest.parent / row["path"])
     if not groups:
-        raise DataError(f"manifest {manifest} lists no frames")
+        raise DataError(f"manifest {manifest} lists no frames; add one row per frame")
     return [Tracklet(p, c, frames) for (p, c, _), frames in groups.items()]
 
 
@@ -149,7 +180,7 @@ def split_identities(tracklets: Sequence[Tracklet], test_fraction: float = 0.5, 
     """Split tracklets by person (disjoint identities), repeatably by ``seed``."""
     people = sorted({t.person for t in tracklets})
     if len(people) < 2:
-        raise DataError("need at least two identities to split into train and test")
+        raise DataError(f"need at least two identities to split into train and test, got {len(people)}; add people")
     rng = random.Random(seed)
     rng.shuffle(people)
     n_test = min(len(people) - 1, max(1, round(test_fraction * len(people))))
@@ -161,19 +192,11 @@ def restricted_random_indices(n_frames: int, seq_len: int, rng: np.random.Genera
     """One random frame from each of ``seq_len`` equal chunks of ``range(n_frames)``; a tracklet
     shorter than ``seq_len`` repeats frames (every frame used, in order)."""
     if n_frames <= 0:
-        raise DataError("a tracklet has no frames")
+        raise DataError("a tracklet has no frames; remove it from the data")
     if n_frames < seq_len:
         return sorted(np.resize(np.arange(n_frames), seq_len).tolist())
     bounds = np.linspace(0, n_frames, seq_len + 1)
     return [int(rng.integers(int(bounds[i]), max(int(bounds[i]) + 1, int(bounds[i + 1])))) for i in range(seq_len)]
-
-
-def all_frame_chunks(n_frames: int, seq_len: int) -> list[list[int]]:
-    """Consecutive chunks of ``seq_len`` frame indices covering every frame; the last chunk is
-    padded by repeating its final frame."""
-    chunks = [list(range(s, min(s + seq_len, n_frames))) for s in range(0, n_frames, seq_len)]
-    chunks[-1] += [chunks[-1][-1]] * (seq_len - len(chunks[-1]))
-    return chunks
 
 
 def load_frame(frame: Any) -> Image.Image:
@@ -186,17 +209,87 @@ def load_frame(frame: Any) -> Image.Image:
         with Image.open(frame) as img:
             return img.convert("RGB")
     except FileNotFoundError as exc:
-        raise DataError(f"frame not found: {frame}") from exc
+        raise DataError(f"frame not found: {frame}; check the data root (or the manifest's paths)") from exc
     except Exception as exc:  # noqa: BLE001
         raise DataError(f"cannot read frame {frame} ({exc}); the image is corrupt or not an image") from exc
 
 
-class TrackletDataset(Dataset):
-    """Clips of ``seq_len`` frames per tracklet: ``(clip (T, C, H, W), person)``.
+# --------------------------------------------------------------------------------------------
+# frame pipeline
 
-    ``mode="train"`` draws a restricted random sample at each access (seeded); ``mode="test"``
-    returns every frame as ``(chunks (n_chunks, T, C, H, W), person)``. ``labels`` are person
-    identities remapped to 0..P-1 (``persons`` keeps the original ids), ``cameras`` the cameras.
+
+@dataclass(frozen=True)
+class FrameNormalize:
+    """The model's half of the frame pipeline: PIL frame -> float tensor ``(C, H, W)`` normalised
+    with the backbone's ``mean`` / ``std`` (C = ``len(mean)``: 1 grey, 3 RGB). ``train`` marks
+    the model's training transform (True) or its evaluation transform (False)."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    train: bool = False
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        mode = "L" if len(self.mean) == 1 else "RGB"
+        tensor = TF.to_tensor(image if image.mode == mode else image.convert(mode))
+        return TF.normalize(tensor, list(self.mean), list(self.std))
+
+
+def is_evaluation_transform(transform: Any) -> bool:
+    """Whether ``transform`` is marked as an evaluation transform (``transform.train is False``).
+    Unmarked transforms (and None) count as training transforms."""
+    return getattr(transform, "train", True) is False
+
+
+def frame_pipeline(
+    height: int, width: int, train: bool, hflip: float = 0.5, pad: int = 10,
+    transform: Callable[[Image.Image], Tensor] | None = None,
+) -> Callable[[Image.Image], Tensor]:
+    """PIL frame -> tensor: resize to ``height x width``; when ``train`` a horizontal flip with
+    probability ``hflip`` and a random ``height x width`` crop after zero-padding by ``pad``
+    pixels (the usual re-ID augmentation); then ``transform`` (the model's
+    :class:`FrameNormalize`), or a plain conversion to a [0, 1] tensor without one."""
+    if height < 8 or width < 8:
+        raise ConfigError(f"data.params height and width must be >= 8 pixels, got {height} x {width}")
+    if not 0.0 <= hflip <= 1.0:
+        raise ConfigError(f"data.params.hflip is a probability in [0, 1], got {hflip}")
+    if pad < 0:
+        raise ConfigError(f"data.params.pad must be >= 0 pixels, got {pad}")
+    steps: list[Any] = [T.Resize((height, width))]
+    if train and hflip > 0:
+        steps.append(T.RandomHorizontalFlip(hflip))
+    if train and pad > 0:
+        steps.append(T.RandomCrop((height, width), padding=pad))
+    steps.append(transform if transform is not None else T.ToTensor())
+    return T.Compose(steps)
+
+
+# --------------------------------------------------------------------------------------------
+# dataset
+
+
+def pad_tracklets(batch: Sequence[tuple[Tensor, int]]) -> tuple[tuple[Tensor, Tensor], Tensor]:
+    """Collate test-mode items ``(frames (n_i, C, H, W), label)`` into
+    ``((clips (B, T_max, C, H, W), mask (B, T_max) bool), labels (B,))``; padded frames are
+    zeros and ``mask`` is False on them."""
+    longest = max(int(frames.shape[0]) for frames, _ in batch)
+    first = batch[0][0]
+    clips = first.new_zeros((len(batch), longest, *first.shape[1:]))
+    mask = torch.zeros(len(batch), longest, dtype=torch.bool)
+    for i, (frames, _) in enumerate(batch):
+        clips[i, : frames.shape[0]] = frames
+        mask[i, : frames.shape[0]] = True
+    return (clips, mask), torch.as_tensor([int(label) for _, label in batch], dtype=torch.long)
+
+
+class TrackletDataset(Dataset):
+    """Items of tracklets: ``(clip (T, C, H, W), label)`` in ``mode="train"`` and
+    ``(frames (n_frames, C, H, W), label)`` in ``mode="test"`` (see the module docstring).
+
+    Attributes: ``labels`` (person ids mapped to 0..P-1 in sorted order), ``persons`` (the
+    original ids: -1 junk and 0 distractors kept), ``cameras``, ``class_names`` (the person id of
+    each label), ``paths`` (each tracklet's first frame, when frames are files), ``is_query``
+    (when given: True for query items, False for gallery items) and ``collate_fn``
+    (:func:`pad_tracklets` in test mode, None in train mode).
     """
 
     def __init__(
@@ -205,28 +298,42 @@ class TrackletDataset(Dataset):
         transform: Callable[[Image.Image], Tensor],
         seq_len: int = 4,
         mode: str = "train",
-        seed: int = 0,
+        is_query: Sequence[bool] | None = None,
     ) -> None:
         if not tracklets:
-            raise DataError("the tracklet split is empty")
+            raise DataError("the tracklet split is empty; check the data root and the split parameters")
         if mode not in ("train", "test"):
             raise DataError(f"mode must be 'train' or 'test', got '{mode}'")
+        if seq_len < 1:
+            raise ConfigError(f"data.params.seq_len (frames per clip) must be >= 1, got {seq_len}")
+        empty = [t for t in tracklets if not t.frames]
+        if empty:
+            raise DataError(f"{len(empty)} tracklet(s) have no frames (e.g. person {empty[0].person}, camera "
+                            f"{empty[0].camera}); remove them from the data")
         self.tracklets, self.transform, self.seq_len, self.mode = list(tracklets), transform, seq_len, mode
         self.persons = [t.person for t in self.tracklets]
-        index = {p: i for i, p in enumerate(sorted(set(self.persons)))}
+        people = sorted(set(self.persons))
+        index = {p: i for i, p in enumerate(people)}
         self.labels = [index[p] for p in self.persons]
+        self.class_names = [str(p) for p in people]
         self.cameras = [t.camera for t in self.tracklets]
-        self.rng = np.random.default_rng(seed)
+        files = all(isinstance(t.frames[0], (str, Path)) for t in self.tracklets)
+        self.paths = [str(t.frames[0]) for t in self.tracklets] if files else None
+        if is_query is not None:
+            if len(is_query) != len(self.tracklets):
+                raise DataError(f"is_query has {len(is_query)} entries for {len(self.tracklets)} tracklets")
+            self.is_query = [bool(q) for q in is_query]
+        self.collate_fn = pad_tracklets if mode == "test" else None
 
     def __len__(self) -> int:
         return len(self.tracklets)
 
-    def _clip(self, frames: list[Any], indices: list[int]) -> Tensor:
+    def _frames(self, frames: list[Any], indices: Sequence[int]) -> Tensor:
         return torch.stack([self.transform(load_frame(frames[i])) for i in indices])
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         frames = self.tracklets[index].frames
         if self.mode == "train":
-            return self._clip(frames, restricted_random_indices(len(frames), self.seq_len, self.rng)), self.labels[index]
-        chunks = all_frame_chunks(len(frames), self.seq_len)
-        return torch.stack([self._clip(frames, c) for c in chunks]), self.labels[index]
+            rng = np.random.default_rng(np.random.randint(0, 2**31 - 1))  # seeded per item by the trainer
+            return self._frames(frames, restricted_random_indices(len(frames), self.seq_len, rng)), self.labels[index]
+        return self._frames(frames, range(len(frames))), self.labels[index]

@@ -25,5 +25,6 @@ MODELS = Registry(
         "demal": "deepmetric.models.demal:create_demal",
         "audio_cnn": "deepmetric.models.audio:UtteranceEmbedder",
         "multilevel": "deepmetric.models.multilevel:MultiLevelEmbedder",
+        "tracklet": "deepmetric.models.temporal:create_tracklet_model",
     },
 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -134,7 +135,8 @@ def build_loss_from_config(
         from deepmetric.losses.multi_output import MultiOutputLoss
 
         return MultiOutputLoss(
-            lambda _, dim: build_loss_from_config(config, num_classes, dim), dict(outputs), weights=config.heads
+            lambda _, dim: build_loss_from_config(config.model_copy(update={"heads": {}}), num_classes, dim),
+            dict(outputs), weights=config.heads,
         )
     if config.heads:
         raise ConfigError(
@@ -204,7 +206,8 @@ def _transform(model: nn.Module, name: str) -> Any:
     return method() if callable(method) else None
 
 
-def _load_splits(config: Config, transform: Any, splits: tuple[str, ...]) -> dict[str, Any]:
+def load_splits(config: Config, transform: Any, splits: tuple[str, ...]) -> dict[str, Any]:
+    """The named splits of the dataset ``data.name`` with ``transform``, as the loader returns them."""
     d = config.data
     fn = _lookup(DATASETS, d.name)
     names, var_kw = _accepts(fn)
@@ -224,19 +227,59 @@ def _load_splits(config: Config, transform: Any, splits: tuple[str, ...]) -> dic
     return {s: result[s] for s in splits}
 
 
-def build_datasets(config: Config, model: nn.Module) -> Splits:
-    """Load train/test, carve validation from the training split (``data.val_fraction``)."""
+def _attach_cache(config: Config, train_aug: Any, evaluated: Mapping[str, Any], run_dir: Path | None) -> None:
+    """``data.cache``: the training images (and the evaluation splits, where the cache gives them
+    the same pixels) read from one decoded-image cache (:mod:`deepmetric.data.cache`)."""
+    from deepmetric.data.cache import (
+        attach_cache, cache_interpolation, check_cacheable, default_cache_size, exact_for, transform_mode,
+        transform_resolution,
+    )
+    from deepmetric.data.image_dataset import ImageDataset
+
+    d = config.data
+    check_cacheable(train_aug, f"the training split of dataset '{d.name}'")
+    transform = train_aug.transform
+    size = d.cache_size
+    if size is None:
+        resolution = transform_resolution(transform) or d.image_size
+        if resolution is None:
+            raise ConfigError(
+                f"data.cache_size=null means 8/7 of the training resolution, but the training transform of dataset "
+                f"'{d.name}' names no size; set data.cache_size=N (shorter side in pixels, 0 = full resolution)"
+            )
+        size = default_cache_size(resolution)
+    mode, interpolation = transform_mode(transform), cache_interpolation(transform)
+    served = [train_aug] + [
+        ds for ds in (evaluated["train"], evaluated["test"])
+        if isinstance(ds, ImageDataset) and exact_for(ds.transform, size, interpolation, mode)
+    ]
+    folder = None
+    if d.cache == "disk":
+        folder = Path(d.cache_dir) if d.cache_dir else (run_dir.parent if run_dir else Path.cwd()) / ".deepmetric-cache"
+    attach_cache(served, d.cache, size, mode, interpolation, folder)
+
+
+def build_datasets(config: Config, model: nn.Module, *, cache: bool = False, run_dir: Path | None = None) -> Splits:
+    """Load train/test, carve validation from the training split (``data.val_fraction``).
+
+    With ``cache`` (what :func:`~deepmetric.training.fit` passes) and ``data.cache`` memory or disk,
+    the training images (and the evaluation splits, where that gives the same pixels) are decoded
+    once into a cache (:mod:`deepmetric.data.cache`; the disk cache's default folder is
+    ``.deepmetric-cache`` next to ``run_dir``); a dataset that is not made of images is a ConfigError.
+    """
     need_val = config.data.val_fraction > 0
     if config.eval.split == "val" and not need_val:
         raise ConfigError(
             "eval.split is 'val' but data.val_fraction is 0, so there is no validation split; set "
             "data.val_fraction=0.2 (recommended) or eval.split=test"
         )
-    train_aug = _load_splits(config, _transform(model, "train_transform"), ("train",))["train"]
-    evaluated = _load_splits(config, _transform(model, "eval_transform"), ("train", "test"))
+    train_aug = load_splits(config, _transform(model, "train_transform"), ("train",))["train"]
+    evaluated = load_splits(config, _transform(model, "eval_transform"), ("train", "test"))
     labels = dataset_labels(train_aug)
     if len(set(labels)) < 2:
         raise DataError(f"the training split of dataset '{config.data.name}' has {len(set(labels))} class(es); need >= 2")
+    if cache and config.data.cache != "none":
+        _attach_cache(config, train_aug, evaluated, run_dir)
     train_idx, val_idx = carve_validation(labels, config.data.val_fraction, config.data.val_by, config.seed)
     train = SubsetView(train_aug, train_idx, remap=True)
     val = SubsetView(evaluated["train"], val_idx, remap=False) if need_val else None

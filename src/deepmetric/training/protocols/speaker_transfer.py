@@ -62,14 +62,14 @@ def corpus_speakers(config: Config) -> list[str]:
     The loader is asked for its training side with ``test_speakers=[]`` (every speaker trains);
     a corpus that fixes its sides itself (a CSV ``split`` column) refuses that, and then the
     union of its two sides is every item."""
-    from deepmetric.training.builders import _load_splits
+    from deepmetric.training.builders import load_splits
 
     drop = ("split_by", *_DISJOINT_PARAMS)  # the official lists would drop their validation items
     params = {k: v for k, v in config.data.params.items() if k not in drop}
     try:
-        sides = _load_splits(_override(config, **{"data.params": {**params, "test_speakers": []}}), None, ("train",))
+        sides = load_splits(_override(config, **{"data.params": {**params, "test_speakers": []}}), None, ("train",))
     except ConfigError:
-        sides = _load_splits(_override(config, **{"data.params": params}), None, ("train", "test"))
+        sides = load_splits(_override(config, **{"data.params": params}), None, ("train", "test"))
     found: set[str] = set()
     for side in sides.values():
         speakers = getattr(side, "speakers", None)
