@@ -9,13 +9,15 @@ batches, budget and splits for every variant:
 * CE + centers           (``use_structured=False``: center pull + center push)
 * full                   (CE + structured + centers)
 
-Protocol (:func:`deepmetric.experiments.scene_classification.run_repeated_splits`): a random
-per-class train/test split (test fraction 0.2) repeated over split seeds 0..S-1, the same seeds
-for every variant; validation carved from the training items (10 %); test accuracy of the softmax
-head and of the nearest learned center of the final weights (``--checkpoint last``, the default: a
-fixed budget, nothing chosen; ``--checkpoint best`` takes the checkpoint with the best validation
-1-NN accuracy among steps 0, S/2 and S), mean +- sample std over the splits. Also reported: test 1-NN (recall@1, leave-one-out within the
-test split) of the untrained pretrained features vs the trained embeddings.
+Protocol: ``deepmetric train``'s run protocol (:func:`deepmetric.training.protocols.run_protocol`)
+with ``protocol.name: repeated_splits`` and ``eval.protocol: classification``: a random per-class
+train/test split (test fraction 0.2) repeated over split seeds 0..S-1 (the run seed too), the same
+seeds for every variant; validation carved from the training items (10 %); test accuracy of the
+softmax head, of the nearest learned center and of 1-NN over the training images, from the final
+weights (``--checkpoint last``, the default: a fixed budget, nothing chosen; ``--checkpoint best``
+takes the checkpoint with the best validation accuracy among steps 0, S/2 and S), mean +- sample
+std over the splits (``summary.json``). Also reported: test 1-NN (recall@1, leave-one-out within
+the test split) of the untrained pretrained features vs the trained embeddings.
 
 To fit a shared 2-core CPU the budget is small (see ``--help`` for every knob; the defaults are
 what docs/results.md reports): EfficientNet-Lite0 with the offline ImageNet weights at 64 px,
@@ -27,8 +29,8 @@ per batch, 100 AdamW steps (lr 1e-3 head, 1e-4 backbone, 1e-2 classifier and cen
     python benchmarks/evidence_center_rsscn7.py --quick                # tiny budget: checks it runs
     python benchmarks/evidence_center_rsscn7.py --variants ce,full     # a subset (e.g. one process each)
 
-Finished splits in ``--out`` are reused, so several processes may each run some variants and a
-last call without ``--variants`` prints the whole table.
+Finished splits in ``--out`` are reused (``resume``), so several processes may each run some
+variants and a last call without ``--variants`` prints the whole table.
 """
 
 from __future__ import annotations
@@ -72,10 +74,15 @@ def overrides(args: argparse.Namespace) -> list[str]:
         f"trainer.eval_every={max(1, args.steps // 2)}",
         f"trainer.checkpoint_every={max(1, args.steps // 2)}",
         "trainer.early_stopping_patience=null",
+        "eval.protocol=classification",
+        f"eval.checkpoint={args.checkpoint}",
         "eval.batch_size=64",
         "eval.metrics=[recall@k]",
         "eval.k_values=[1]",
-        "eval.select_metric=recall@1",
+        "eval.select_metric=accuracy",
+        "protocol.name=repeated_splits",
+        f"protocol.repeats={args.splits}",
+        "protocol.test_fraction=0.2",
     ]
 
 
@@ -87,16 +94,8 @@ def variant_config(args: argparse.Namespace, key: str) -> Any:
     return config.model_copy(update={"loss": config.loss.model_copy(update={"params": params})})
 
 
-def retrieval(run_dir: Path) -> tuple[float | None, float | None]:
-    """(untrained, trained) test recall@1 of a run folder; trained = the checkpoint that predicted."""
-    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    report = json.loads((run_dir / "classification_report.json").read_text(encoding="utf-8"))
-    base = (metrics.get("baseline") or {}).get("metrics", {}).get("recall@1")
-    return base, (report.get("retrieval") or {}).get("recall@1")
-
-
 def _pct(entry: dict[str, Any] | None) -> str:
-    if not entry:
+    if not entry or entry.get("mean") is None:
         return "-"
     return f"{100 * entry['mean']:.2f} +- {100 * entry['std']:.2f}"
 
@@ -106,6 +105,30 @@ def _mean_std(values: list[float]) -> dict[str, float]:
 
     arr = np.asarray(values, dtype=float)
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0}
+
+
+def variant_row(key: str, out: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """The table row of one variant from its ``summary.json`` and its splits' ``metrics.json``."""
+    from deepmetric.run_files import read_metrics
+
+    stats = summary["groups"]["all"]
+    baseline = []
+    for run in summary["runs"]:
+        metrics = read_metrics(out / run["run_dir"])
+        if metrics.baseline is not None and metrics.baseline.metrics.get("recall@1") is not None:
+            baseline.append(float(metrics.baseline.metrics["recall@1"]))
+    return {
+        "variant": key,
+        "label": VARIANTS[key][0],
+        "softmax": stats.get("accuracy/softmax"),
+        "nearest_center": stats.get("accuracy/nearest_center"),
+        "knn": stats.get("accuracy/knn"),
+        "knn_untrained": _mean_std(baseline) if baseline else None,
+        "knn_trained": stats.get("recall@1"),
+        "per_split_softmax": (stats.get("accuracy/softmax") or {}).get("values"),
+        "checkpoint_steps": [run["test_step"] for run in summary["runs"]],
+        "split_seeds": [run["params"]["seed"] for run in summary["runs"]],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-3, help="head learning rate (backbone x0.1, loss x10)")
     parser.add_argument("--checkpoint", choices=("best", "last"), default="last",
                         help="predict with the final weights (default: a fixed budget, nothing chosen) or the "
-                        "checkpoint chosen on validation 1-NN accuracy (steps 0, S/2, S)")
+                        "checkpoint chosen on validation accuracy of the softmax head (steps 0, S/2, S)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--cpu", action="store_true", help="train on the CPU even if a GPU is present")
     parser.add_argument("--quick", action="store_true", help="tiny budget (32 px, 20 images per class, 4 steps, 2 splits)")
@@ -143,34 +166,22 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from deepmetric.experiments.scene_classification import run_repeated_splits
+    from deepmetric.training.protocols import run_protocol
 
     out = Path(args.out)
     rows = []
     for key in keys:
-        summary = run_repeated_splits(variant_config(args, key), args.splits, 0.2, out / key,
-                                      checkpoint=args.checkpoint, progress=False)
-        pairs = [retrieval(Path(s["run_dir"])) for s in summary["splits"]]
-        base = [b for b, _ in pairs if b is not None]
-        trained = [t for _, t in pairs if t is not None]
-        rows.append({
-            "variant": key,
-            "label": VARIANTS[key][0],
-            "softmax": summary["heads"].get("softmax", {}).get("accuracy"),
-            "nearest_center": summary["heads"].get("nearest_center", {}).get("accuracy"),
-            "knn_untrained": _mean_std(base) if base else None,
-            "knn_trained": _mean_std(trained) if trained else None,
-            "checkpoint_steps": [s["checkpoint_step"] for s in summary["splits"]],
-            "split_seeds": summary["split_seeds"],
-            "num_train_test": [(s["num_train"], s["num_val"], s["num_test"]) for s in summary["splits"]],
-        })
+        folder = out / key
+        resume = (folder / "config.yaml").is_file()
+        summary = run_protocol(variant_config(args, key), folder, resume=resume, progress=False, report=False)
+        rows.append(variant_row(key, folder, summary))
         print(f"{key}: done", flush=True)
-    header = ("| loss | softmax head acc. (%) | nearest center acc. (%) | test 1-NN untrained -> trained (%) "
-              "| predicted at step |\n|---|---|---|---|---|")
+    header = ("| loss | softmax head acc. (%) | nearest center acc. (%) | 1-NN of training images acc. (%) "
+              "| test 1-NN untrained -> trained (%) | predicted at step |\n|---|---|---|---|---|---|")
     lines = [header]
     for r in rows:
         lines.append(
-            f"| {r['label']} | {_pct(r['softmax'])} | {_pct(r['nearest_center'])} | "
+            f"| {r['label']} | {_pct(r['softmax'])} | {_pct(r['nearest_center'])} | {_pct(r['knn'])} | "
             f"{_pct(r['knn_untrained'])} -> {_pct(r['knn_trained'])} | {r['checkpoint_steps']} |"
         )
     table = "\n".join(lines)

@@ -4,8 +4,9 @@ Method: He, Wang, Zhao, Yao, "Deep metric attention learning for skin lesion cla
 dermoscopy images", Complex & Intelligent Systems, 2022 (METHODS.md section 5, a reconstruction).
 
 Four variants, same backbone (offline ImageNet EfficientNet-Lite0), image size, batch size (24
-images), optimiser and step budget, each through ``deepmetric.experiments.skin_lesions`` (the
-``recipes/demal_ph2_cv.yaml`` config plus overrides):
+images), optimiser and step budget, each run by ``deepmetric train``'s run protocol
+(:func:`deepmetric.training.protocols.run_protocol`) from ``recipes/demal_ph2_cv.yaml``
+(``protocol.name: kfold``, ``eval.protocol: diagnostic``) plus overrides:
 
 * ``cnn_ce``       -- CNN, cross-entropy only (normalised-softmax classifier) on P x K batches
                       (3 classes x 8 images);
@@ -14,9 +15,10 @@ images), optimiser and step budget, each through ``deepmetric.experiments.skin_l
 * ``demal``        -- full DeMAL-CNN: attention + triplet batches + triplet + CE hybrid loss.
 
 Prints (and with ``--markdown FILE`` writes) a table of accuracy, balanced accuracy and melanoma
-sensitivity / specificity / AUC / AP in %, mean +- sample std over the folds. Predictions come
-from the final weights (``--checkpoint last``): the inner validation split (32 images) monitors
-training. Every process runs with one thread (the development machine is shared).
+sensitivity / specificity / AUC / AP in %, mean +- sample std over the folds (each variant's
+``summary.json``). Predictions come from the final weights (``eval.checkpoint=last``): the inner
+validation split (32 images) monitors training. Every process runs with one thread (the
+development machine is shared). Finished folds in ``--out`` are reused (``resume``).
 
     python benchmarks/evidence_demal_ph2.py [--steps 30] [--image-size 96] [--folds 5] [--quick]
 
@@ -36,7 +38,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 from deepmetric.config import load_config  # noqa: E402
-from deepmetric.experiments.skin_lesions import SUMMARY_KEYS, run_cross_validation  # noqa: E402
+from deepmetric.training.protocols import run_protocol  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "ph2"
@@ -50,6 +52,15 @@ VARIANTS = {
     "triplet": ["model.params.use_attention=false", *TRIPLET],
     "demal": ["model.params.use_attention=true", *TRIPLET],
 }
+#: (metric of summary.json, title) of the table
+SUMMARY_KEYS = (
+    ("accuracy", "accuracy"),
+    ("balanced_accuracy", "balanced accuracy"),
+    ("sensitivity", "melanoma sensitivity"),
+    ("specificity", "melanoma specificity"),
+    ("auc", "melanoma AUC"),
+    ("average_precision", "melanoma AP"),
+)
 LABELS = {
     "cnn_ce": "CNN + CE",
     "attention_ce": "+ attention (CE)",
@@ -77,17 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     common = [
         f"data.root={DATA}", f"data.image_size={size}", "data.num_workers=0", f"trainer.steps={steps}",
         "trainer.eval_every=0", "trainer.checkpoint_every=0", f"scheduler.warmup_steps={max(1, steps // 6)}",
-        "trainer.log_every=5",
+        "trainer.log_every=5", "eval.checkpoint=last", "eval.heatmaps=4", f"protocol.folds={folds}",
+        "protocol.split_seed=0",
     ]
     rows = []
     for name in args.variants:
         config = load_config(RECIPE, [*common, *VARIANTS[name]])
+        folder = out / name
         start = time.perf_counter()
-        summary = run_cross_validation(config, folds, out / name, split_seed=0, checkpoint="last",
-                                       heatmaps=4, report=False)
+        summary = run_protocol(config, folder, resume=(folder / "config.yaml").is_file(), progress=False,
+                               report=False)
         seconds = time.perf_counter() - start
         rows.append((name, summary, seconds))
-        print(f"{name}: {seconds:.0f} s for {len(summary['folds_run'])} folds", flush=True)
+        print(f"{name}: {seconds:.0f} s for {len(summary['runs'])} folds", flush=True)
     lines = [
         f"PH2, stratified {folds}-fold CV (split seed 0), EfficientNet-Lite0 (offline ImageNet weights), "
         f"{size} px, {steps} steps of 24 images per fold, final weights; % mean +- sample std over folds.",
@@ -96,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         "|---|" + "---|" * (len(SUMMARY_KEYS) + 1),
     ]
     for name, summary, seconds in rows:
-        stats = summary["metrics"]["multiclass"]
-        cells = [f"{100 * stats[k]['mean']:.1f} +- {100 * stats[k]['std']:.1f}" if k in stats else "-"
-                 for k, _ in SUMMARY_KEYS]
-        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + f" | {seconds / len(summary['folds_run']):.0f} |")
+        stats = summary["groups"]["all"]
+        cells = [f"{100 * stats[k]['mean']:.1f} +- {100 * stats[k]['std']:.1f}"
+                 if stats.get(k, {}).get("mean") is not None else "-" for k, _ in SUMMARY_KEYS]
+        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + f" | {seconds / len(summary['runs']):.0f} |")
     table = "\n".join(lines)
     print(table)
     if args.markdown:

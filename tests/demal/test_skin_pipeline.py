@@ -1,9 +1,9 @@
-"""Skin-lesion pipeline: stratified folds, loaders, triplet sampler from the config, end-to-end CV."""
+"""Skin-lesion pipeline: stratified folds, loaders, triplet sampler from the config, and
+end-to-end cross-validation through the kfold protocol with the diagnostic evaluation."""
 
 from __future__ import annotations
 
 import csv
-import json
 from collections import Counter
 from pathlib import Path
 
@@ -12,16 +12,12 @@ import pytest
 from PIL import Image
 
 from deepmetric.config import load_config
+from deepmetric.data.lesions import isic2017_dataset, ph2_dataset, select_split
+from deepmetric.data.splits import stratified_folds
 from deepmetric.errors import ConfigError, DataError
-from deepmetric.experiments.skin_lesions import (
-    fold_config,
-    isic2017_dataset,
-    ph2_dataset,
-    run_cross_validation,
-    select_split,
-    stratified_folds,
-)
+from deepmetric.run_files import read_metrics, read_summary
 from deepmetric.training.builders import build_sampler
+from deepmetric.training.protocols import plan_protocol, run_protocol
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"  # ../shared/data from the repo root
 PH2_CLASSES = ["common_nevus", "atypical_nevus", "melanoma"]
@@ -151,21 +147,20 @@ def test_config_typos_still_name_the_closest_key(override: str, expected: str) -
         load_config(None, [override])
 
 
-def test_bad_sampler_name_and_fold_config_errors(tmp_path: Path) -> None:
+def test_bad_sampler_name_and_kfold_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="sampler.name"):
         load_config(None, ["sampler.name=triplets"])
-    with pytest.raises(ConfigError, match="no k-fold split"):
-        fold_config(load_config(None, ["data.name=folder", "data.val_by=items"]), 0, 5, 0)
+    with pytest.raises(ConfigError, match="kfold needs a dataset loader with the parameters fold"):
+        plan_protocol(load_config(None, ["data.name=scene_folder", "data.val_by=items", "protocol.name=kfold"]), tmp_path)
     with pytest.raises(ConfigError, match="data.val_by=items"):
-        fold_config(load_config(None, ["data.name=ph2"]), 0, 5, 0)
+        plan_protocol(load_config(None, ["data.name=ph2", "eval.protocol=diagnostic", "protocol.name=kfold"]), tmp_path)
 
 
 # ------------------------------------------------------------------------------------- end to end
 
 
-def test_tiny_cross_validation_writes_summary_metrics_and_figures(tmp_path: Path) -> None:
-    root = _fake_ph2(tmp_path / "ph2", counts=(12, 12, 8))
-    config = load_config({
+def _tiny_config(root: Path, *overrides: str):  # type: ignore[no-untyped-def]
+    return load_config({
         "seed": 0,
         "data": {"name": "ph2", "root": str(root), "image_size": 32, "val_fraction": 0.34, "val_by": "items",
                  "num_workers": 0},
@@ -174,39 +169,80 @@ def test_tiny_cross_validation_writes_summary_metrics_and_figures(tmp_path: Path
         "loss": {"name": "triplet_hybrid"},
         "scheduler": {"warmup_steps": 1},
         "trainer": {"steps": 2, "eval_every": 0, "checkpoint_every": 0, "log_every": 1},
-        "eval": {"baseline": False, "batch_size": 16, "select_metric": "precision@1", "k_values": [1, 2],
-                 "metrics": ["precision@1", "recall@k"]},
-    })
+        "eval": {"protocol": "diagnostic", "checkpoint": "last", "heatmaps": 2, "baseline": False, "batch_size": 16,
+                 "select_metric": "precision@1", "k_values": [1, 2], "metrics": ["precision@1", "recall@k"]},
+        "protocol": {"name": "kfold", "folds": 2, "split_seed": 0},
+    }, list(overrides))
+
+
+def test_tiny_cross_validation_writes_summary_metrics_and_figures(tmp_path: Path) -> None:
+    root = _fake_ph2(tmp_path / "ph2", counts=(12, 12, 8))
+    config = _tiny_config(root)
     out = tmp_path / "cv"
-    summary = run_cross_validation(config, 2, out, split_seed=0, checkpoint="last", heatmaps=2)
-    assert json.loads((out / "summary.json").read_text()) == summary
-    assert "melanoma AUC" in (out / "summary.md").read_text()
-    assert summary["n_folds"] == 2 and summary["malignant"] == "melanoma"
-    for key in ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc", "average_precision"):
-        stat = summary["metrics"]["multiclass"][key]
+    summary = run_protocol(config, out, progress=False)
+    assert read_summary(out).model_dump(mode="json") == summary
+    assert summary["protocol"] == "kfold" and summary["class_names"] == PH2_CLASSES
+    assert [r["name"] for r in summary["runs"]] == ["fold_0", "fold_1"]
+    for key in ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "auc", "average_precision",
+                "binary/sensitivity", "binary/auc"):
+        stat = summary["groups"]["all"][key]
         assert len(stat["values"]) == 2 and all(0.0 <= v <= 1.0 for v in stat["values"])
         assert stat["mean"] == pytest.approx(np.mean(stat["values"]))
         assert stat["std"] == pytest.approx(np.std(stat["values"], ddof=1))
     tested: list[str] = []
     for fold in (0, 1):
         run = out / f"fold_{fold}"
-        diag = json.loads((run / "diagnostics.json").read_text())
+        metrics = read_metrics(run)
+        assert metrics.protocol == "diagnostic" and metrics.test_step == 2  # eval.checkpoint=last
+        test = metrics.test or {}
         with np.load(run / "test_predictions.npz") as npz:
-            probs, y = npz["probabilities"], npz["labels"]
+            probs, y, pred = npz["probabilities"], npz["labels"], npz["predictions"]
+            assert [str(n) for n in npz["class_names"]] == PH2_CLASSES
         assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
-        # accuracy and melanoma sensitivity recomputed by hand from the saved probabilities
-        pred = [int(np.argmax(p)) for p in probs]
-        assert diag["multiclass"]["accuracy"] == pytest.approx(sum(p == t for p, t in zip(pred, y)) / len(y))
+        # accuracy, melanoma sensitivity / specificity recomputed by hand from the saved probabilities
+        argmax = [max(range(3), key=lambda c: (p[c], -c)) for p in probs]
+        assert list(pred) == argmax
+        assert test["accuracy"] == pytest.approx(sum(p == t for p, t in zip(argmax, y)) / len(y))
         mel = [i for i in range(len(y)) if y[i] == 2]
-        assert diag["multiclass"]["sensitivity"] == pytest.approx(sum(pred[i] == 2 for i in mel) / len(mel))
-        for png in ("figures/roc.png", "figures/heatmaps.png"):
-            assert (run / png).is_file() and (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-            assert png in (run / "report.html").read_text()
+        rest = [i for i in range(len(y)) if y[i] != 2]
+        assert test["sensitivity"] == pytest.approx(sum(argmax[i] == 2 for i in mel) / len(mel))
+        assert test["specificity"] == pytest.approx(sum(argmax[i] != 2 for i in rest) / len(rest))
+        # binary view: melanoma if its probability is at least the rest's
+        binary = [1 if p[2] > 1 - p[2] else 0 for p in probs]
+        assert test["binary/sensitivity"] == pytest.approx(sum(binary[i] for i in mel) / len(mel))
+        report = (run / "report.html").read_text()
+        for stem in ("roc", "heatmaps"):
+            png = run / "figures" / f"{stem}.png"
+            assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert f"figures/{stem}.png" in report
+            caption = (run / "figures" / f"{stem}.txt").read_text().strip()
+            assert caption and caption in report.replace("&#x27;", "'")
         tested += list(np.load(run / "test_embeddings.npz")["paths"])
     assert len(tested) == len(set(tested)) == 32  # the test folds cover every image once
-    # a second call reuses the finished folds
-    again = run_cross_validation(config, 2, out, split_seed=0, checkpoint="last", heatmaps=2)
-    assert again["metrics"] == summary["metrics"]
+    # resuming the finished protocol reuses the folds
+    again = run_protocol(config, out, resume=True, progress=False)
+    assert again["groups"] == summary["groups"]
+
+
+def test_diagnostic_needs_a_classifier_and_a_positive_class(tmp_path: Path) -> None:
+    root = _fake_ph2(tmp_path / "ph2", counts=(6, 6, 6))
+    single = ["protocol.name=single", "data.params={fold: 0, n_folds: 2, split_seed: 0}", "trainer.steps=1",
+              "data.val_fraction=0", "eval.split=test"]
+    with pytest.raises(ConfigError, match="loss.name=triplet_hybrid") as err:
+        run_protocol(_tiny_config(root, *single, "loss.name=contrastive", "sampler.name=pk", "sampler.p=3",
+                                  "sampler.k=2"), tmp_path / "a", progress=False, report=False)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="eval.positive_class 'nevus'"):
+        run_protocol(_tiny_config(root, *single, "eval.positive_class=nevus"), tmp_path / "b", progress=False,
+                     report=False)
+    # a named positive class works: binary = common nevus vs the rest
+    metrics = run_protocol(_tiny_config(root, *single, "eval.positive_class=common_nevus", "eval.heatmaps=0"),
+                           tmp_path / "c", progress=False, report=False)
+    with np.load(tmp_path / "c" / "test_predictions.npz") as npz:
+        y, pred = npz["labels"], npz["predictions"]
+    nevi = [i for i in range(len(y)) if y[i] == 0]
+    assert metrics["test"]["sensitivity"] == pytest.approx(sum(pred[i] == 0 for i in nevi) / len(nevi))
+    assert not (tmp_path / "c" / "figures" / "heatmaps.png").exists()
 
 
 @pytest.mark.skipif(not (SHARED / "ph2" / "labels.csv").is_file(), reason="../shared/data/ph2 is not available")

@@ -6,8 +6,11 @@ sorted name order.
 
 :func:`folder_dataset` (the ``folder`` loader of the config) picks a split: if ``root`` holds
 ``train/`` and ``test/`` folders (each folder-per-class) they are used as given; otherwise the
-classes are split with ``seed`` -- class-disjoint by default (``split_by="classes"``), or each
-class's images are divided (``split_by="items"``).
+classes are split with ``split_seed`` (null = the run ``seed``) -- class-disjoint by default
+(``split_by="classes"``), or each class's images are divided (``split_by="items"``). With
+``fold`` (the k-fold protocol sets ``fold``, ``n_folds`` and ``split_seed``) fold ``fold`` of a
+stratified k-fold split of every image (:func:`deepmetric.data.splits.fold_indices`) is the test
+split and the other folds the training split.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from pathlib import Path
 
 from deepmetric.data.image_dataset import ImageFileDataset, Transform, index_labels
 from deepmetric.data.image_io import is_image_file
-from deepmetric.data.splits import split_indices
-from deepmetric.errors import DataError
+from deepmetric.data.splits import fold_indices, split_indices
+from deepmetric.errors import ConfigError, DataError
 
 
 def scan_class_folders(root: str | Path) -> tuple[list[Path], list[str]]:
@@ -52,6 +55,9 @@ class ImageFolderDataset(ImageFileDataset):
         split: ``"all"`` (default), or ``"train"``/``"test"`` of a seeded split.
         seed, test_fraction, split_by: the split (see :func:`deepmetric.data.splits.split_indices`).
             Labels are re-indexed ``0..C-1`` within the split.
+        fold, n_folds: with ``fold``, fold ``fold`` of ``n_folds`` stratified folds (seeded by
+            ``seed``) is the test split (:func:`deepmetric.data.splits.fold_indices`); every
+            class then has items on both sides, so both splits index the same classes.
     """
 
     def __init__(
@@ -63,9 +69,14 @@ class ImageFolderDataset(ImageFileDataset):
         seed: int = 0,
         test_fraction: float = 0.5,
         split_by: str = "classes",
+        fold: int | None = None,
+        n_folds: int = 5,
     ) -> None:
         paths, names = scan_class_folders(root)
-        keep = split_indices(names, split, test_fraction=test_fraction, seed=seed, split_by=split_by)
+        if fold is not None:
+            keep = fold_indices(names, split, fold, n_folds, seed)
+        else:
+            keep = split_indices(names, split, test_fraction=test_fraction, seed=seed, split_by=split_by)
         labels, class_names = index_labels([names[i] for i in keep])
         super().__init__([paths[i] for i in keep], labels, class_names, transform=transform, skip_bad=skip_bad)
         self.root = Path(root).expanduser()
@@ -79,17 +90,29 @@ def folder_dataset(
     test_fraction: float = 0.5,
     split_by: str = "classes",
     skip_bad: bool = False,
+    fold: int | None = None,
+    n_folds: int = 5,
+    split_seed: int | None = None,
 ) -> ImageFolderDataset:
     """The ``split`` (``train``, ``test`` or ``all``) of a folder-per-class dataset.
 
-    Uses ``root/train`` and ``root/test`` when both exist; otherwise a seeded split of
-    ``root``'s classes (``split_by="classes"``, ``test_fraction`` of the classes held out) or of
-    each class's images (``split_by="items"``).
+    Uses ``root/train`` and ``root/test`` when both exist (then ``fold`` or ``split_seed`` is a
+    :class:`ConfigError`: the split is fixed); otherwise a split seeded by
+    ``split_seed`` (null = ``seed``): fold ``fold`` of ``n_folds`` stratified folds when ``fold``
+    is given, else ``root``'s classes (``split_by="classes"``, ``test_fraction`` of the classes
+    held out) or each class's images (``split_by="items"``).
     """
     root = Path(root).expanduser()
-    if split in ("train", "test") and (root / "train").is_dir() and (root / "test").is_dir():
+    fixed = (root / "train").is_dir() and (root / "test").is_dir()
+    if fixed and (fold is not None or split_seed is not None):
+        raise ConfigError(
+            f"{root} has fixed train/ and test/ folders, so k-fold or repeated random splits are impossible; "
+            "point data.root at a folder with one sub-folder per class, or use protocol.name=single"
+        )
+    if split in ("train", "test") and fixed:
         return ImageFolderDataset(root / split, transform=transform, skip_bad=skip_bad)
     return ImageFolderDataset(
-        root, transform=transform, skip_bad=skip_bad, split=split, seed=seed,
-        test_fraction=test_fraction, split_by=split_by,
+        root, transform=transform, skip_bad=skip_bad, split=split,
+        seed=seed if split_seed is None else int(split_seed),
+        test_fraction=test_fraction, split_by=split_by, fold=fold, n_folds=n_folds,
     )

@@ -19,6 +19,11 @@ Example::
     path,label,split,is_query,is_gallery
     images/0001.jpg,cat,train,0,0
     images/0002.jpg,dog,test,1,0
+
+Without a ``split`` column, :func:`csv_dataset` (the ``csv`` loader) splits the rows with
+``split_seed`` (null = the run ``seed``): per class or class-disjoint (``split_by``), or, with
+``fold`` (the k-fold protocol sets ``fold``, ``n_folds`` and ``split_seed``), fold ``fold`` of a
+stratified k-fold split (:func:`deepmetric.data.splits.fold_indices`) is the test split.
 """
 
 from __future__ import annotations
@@ -28,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from deepmetric.data.image_dataset import ImageFileDataset, Transform, index_labels
-from deepmetric.data.splits import split_indices
-from deepmetric.errors import DataError
+from deepmetric.data.splits import fold_indices, split_indices
+from deepmetric.errors import ConfigError, DataError
 
 REQUIRED_COLUMNS = ("path", "label")
 OPTIONAL_COLUMNS = ("split", "is_query", "is_gallery", "camera", "sequence")
@@ -126,18 +131,33 @@ def csv_dataset(
     test_fraction: float = 0.5,
     split_by: str = "classes",
     skip_bad: bool = False,
+    fold: int | None = None,
+    n_folds: int = 5,
+    split_seed: int | None = None,
 ) -> CSVManifestDataset:
     """The ``split`` of the manifest ``root`` (the ``csv`` loader of the config).
 
     With a ``split`` column the rows marked ``split`` are kept; without one, ``"train"`` and
-    ``"test"`` are a seeded split (class-disjoint with ``split_by="classes"``, per class with
-    ``"items"``), and ``None``/``"all"`` keeps every row.
+    ``"test"`` are a split seeded by ``split_seed`` (null = ``seed``): fold ``fold`` of
+    ``n_folds`` stratified folds when ``fold`` is given, else class-disjoint
+    (``split_by="classes"``) or per class (``"items"``); ``None``/``"all"`` keeps every row.
+    A ``split`` column with ``fold`` or ``split_seed`` is a :class:`ConfigError` (the split is fixed).
     """
     csv_path = Path(root).expanduser()
     rows = read_manifest(csv_path)
+    if "split" in rows[0] and (fold is not None or split_seed is not None):
+        raise ConfigError(
+            f"manifest {csv_path} has a 'split' column, so its train/test split is fixed and k-fold or repeated "
+            "splits are impossible; drop the column, or use protocol.name=single"
+        )
     if split in (None, "all"):
         return CSVManifestDataset(csv_path, None, transform, skip_bad, rows=rows)
     if "split" in rows[0]:
         return CSVManifestDataset(csv_path, split, transform, skip_bad, rows=rows)
-    keep = split_indices([r["label"] for r in rows], split, test_fraction=test_fraction, seed=seed, split_by=split_by)
+    labels = [r["label"] for r in rows]
+    seed = seed if split_seed is None else int(split_seed)
+    if fold is not None:
+        keep = fold_indices(labels, split, fold, n_folds, seed)
+    else:
+        keep = split_indices(labels, split, test_fraction=test_fraction, seed=seed, split_by=split_by)
     return CSVManifestDataset(csv_path, None, transform, skip_bad, rows=[rows[i] for i in keep])

@@ -1,12 +1,19 @@
-"""Seeded, repeatable splits: class-disjoint (zero-shot retrieval) and stratified by class.
+"""Seeded, repeatable splits: class-disjoint (zero-shot retrieval), stratified by class, and
+stratified k-fold.
 
 * :func:`split_classes` -- whole classes go to train / val / test, so test classes are never
   seen in training (the deep metric learning protocol).
 * :func:`stratified_split` -- every class is divided between train and test in the same
   proportion (closed-set classification).
+* :func:`stratified_folds` / :func:`fold_indices` -- ``n_folds`` disjoint folds, each class
+  spread over them in proportion (scikit-learn ``StratifiedKFold(shuffle=True,
+  random_state=split_seed)``); fold ``fold`` is the test split and the other folds the training
+  split (the k-fold protocol, ``protocol.name: kfold``, of every loader with the parameters
+  ``fold``, ``n_folds`` and ``split_seed``).
 
-Both use ``numpy.random.default_rng(seed)`` on sorted inputs, so the same seed gives the same
-split on any machine, whatever the order the items were listed in.
+The first two use ``numpy.random.default_rng(seed)`` on sorted inputs, so the same seed gives
+the same split on any machine, whatever the order the items were listed in. The folds depend on
+the order of the items (loaders list them in a fixed, sorted order) and on the seed.
 """
 
 from __future__ import annotations
@@ -129,3 +136,54 @@ def split_indices(
         train, test = stratified_split(labels, test_fraction, seed)
         return (train if split == "train" else test).tolist()
     raise ConfigError(f"unknown split_by '{split_by}'; use 'classes' (zero-shot) or 'items' (stratified)")
+
+
+def stratified_folds(labels: Sequence[Hashable] | np.ndarray, n_folds: int, seed: int) -> list[np.ndarray]:
+    """The sorted test indices of each of ``n_folds`` stratified folds (scikit-learn
+    ``StratifiedKFold(n_folds, shuffle=True, random_state=seed)``): disjoint, together every
+    index exactly once, every class spread over the folds in proportion (so each fold holds at
+    least one item of every class).
+
+    Raises :class:`ConfigError` for ``n_folds < 2`` and :class:`DataError` when a class has
+    fewer than ``n_folds`` items.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    if int(n_folds) < 2:
+        raise ConfigError(f"n_folds must be >= 2 for k-fold cross-validation, got {n_folds}; set protocol.folds >= 2")
+    keys = list(labels.tolist() if isinstance(labels, np.ndarray) else labels)
+    if not keys:
+        raise DataError("cannot split an empty dataset into folds; check that the data loaded")
+    ordered = sorted(set(keys), key=lambda c: (str(type(c)), c))
+    index = {c: i for i, c in enumerate(ordered)}
+    y = np.asarray([index[c] for c in keys], dtype=np.int64)
+    counts = np.bincount(y, minlength=len(ordered))
+    small = [ordered[c] for c in range(len(ordered)) if counts[c] < int(n_folds)]
+    if small:
+        raise DataError(
+            f"class(es) {small[:5]} have fewer than {n_folds} items, so {n_folds} stratified folds cannot "
+            "each hold one; lower protocol.folds or remove those classes"
+        )
+    splitter = StratifiedKFold(n_splits=int(n_folds), shuffle=True, random_state=int(seed))
+    return [np.sort(test) for _, test in splitter.split(np.zeros(len(y)), y)]
+
+
+def fold_indices(
+    labels: Sequence[Hashable] | np.ndarray, split: str | None, fold: int, n_folds: int, split_seed: int
+) -> list[int]:
+    """Indices of ``split`` of fold ``fold``: ``"test"`` is fold ``fold`` of
+    :func:`stratified_folds`, ``"train"`` every other item, ``"all"``/``None`` every item.
+
+    Raises :class:`ConfigError` for a fold outside ``0 .. n_folds - 1`` or an unknown split.
+    """
+    n = len(labels)
+    if split is None or split == "all":
+        return list(range(n))
+    if split not in ("train", "test"):
+        raise ConfigError(f"unknown split '{split}'; use train, test or all")
+    if not 0 <= int(fold) < int(n_folds):
+        raise ConfigError(f"data.params.fold must be in 0..{int(n_folds) - 1}, got {fold}")
+    test = stratified_folds(labels, n_folds, split_seed)[int(fold)]
+    if split == "test":
+        return test.tolist()
+    return np.setdiff1d(np.arange(n, dtype=np.int64), test).tolist()
