@@ -75,16 +75,16 @@ def test_model_without_backbone_split_is_all_head() -> None:
     assert [g["name"] for g in opt.param_groups] == ["head"]
 
 
-def test_warmup_is_capped_at_a_quarter_of_short_runs() -> None:
+def test_warmup_is_capped_at_half_of_short_runs() -> None:
     from deepmetric.config import SchedulerConfig
     from deepmetric.training.schedule import effective_warmup, lr_factor
 
     assert effective_warmup(100, 2000) == 100
-    assert effective_warmup(100, 12) == 3
+    assert effective_warmup(100, 12) == 6
     assert effective_warmup(100, 2) == 1
     assert effective_warmup(0, 12) == 0
     cfg = SchedulerConfig(name="none", warmup_steps=100)
-    assert [lr_factor(s, 12, cfg) for s in range(4)] == [1 / 3, 2 / 3, 1.0, 1.0]
+    assert [lr_factor(s, 6, cfg) for s in range(4)] == [1 / 3, 2 / 3, 1.0, 1.0]
 
 
 def test_an_untrained_best_checkpoint_is_a_warning_in_metrics_json(tmp_path, toy_registries) -> None:

@@ -119,9 +119,13 @@ def _checkpoint_of(source: str | Path) -> Path:
     return path
 
 
-def init_weights(model: torch.nn.Module, loss: torch.nn.Module, source: str | Path) -> dict[str, Any]:
-    """Initialise ``model`` (strictly) and ``loss`` (its classifier, centers, proxies: only when every
-    tensor's shape matches) from the checkpoint at ``source`` (``model.init_from``). Returns
+def init_weights(
+    model: torch.nn.Module, loss: torch.nn.Module, source: str | Path, class_names: list[str] | None = None
+) -> dict[str, Any]:
+    """Initialise ``model`` (strictly) and ``loss`` (its classifier, centers, proxies) from the
+    checkpoint at ``source`` (``model.init_from``). The loss is loaded only when every tensor's shape
+    matches AND, when both sides know them, the training classes are the same names in the same
+    order (a classifier over other classes would silently predict the wrong ones). Returns
     ``{"checkpoint": path, "loss_loaded": bool}``."""
     path = _checkpoint_of(source)
     state = load_checkpoint(path)
@@ -136,6 +140,9 @@ def init_weights(model: torch.nn.Module, loss: torch.nn.Module, source: str | Pa
     own = loss.state_dict()
     saved = state.get("loss", {})
     fits = set(own) == set(saved) and all(own[k].shape == saved[k].shape for k in own)
+    saved_names = list(state.get("class_names") or [])
+    if fits and class_names and saved_names and saved_names != list(class_names):
+        fits = False
     if fits:
         loss.load_state_dict(saved)
     return {"checkpoint": str(path), "loss_loaded": fits}

@@ -18,17 +18,18 @@ __all__ = ["apply_lr", "effective_warmup", "lr_factor"]
 
 
 def effective_warmup(warmup_steps: int, total_steps: int) -> int:
-    """The warm-up length used: ``warmup_steps``, capped at a quarter of the run (at least 1 step
-    when warm-up is on) so that a short run still trains at its full learning rate."""
+    """The warm-up length used: ``warmup_steps``, capped at half of the run (at least 1 step when
+    warm-up is on) so that a short run still trains at its full learning rate. A capped warm-up
+    depends on the run's length, so extending such a run (resume with more steps) changes it."""
     if warmup_steps <= 0:
         return 0
-    return max(1, min(warmup_steps, total_steps // 4))
+    return max(1, min(warmup_steps, total_steps // 2))
 
 
 def lr_factor(step: int, total_steps: int, config: SchedulerConfig) -> float:
     r"""Multiplier of the base learning rate at 0-based ``step`` of ``total_steps``.
 
-    With W = :func:`effective_warmup` (``warmup_steps``, at most a quarter of ``total_steps``, so a
+    With W = :func:`effective_warmup` (``warmup_steps``, at most half of ``total_steps``, so a
     short run is not all warm-up): for step < W the factor is (step + 1) / W (linear warm-up).
     After warm-up, with t = step - W and T = max(1, total_steps - W):
 
