@@ -550,7 +550,7 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
 def load_config(
     source: str | Path | Mapping[str, Any] | Config | None = None, overrides: Sequence[str] = ()
 ) -> Config:
-    """Build a validated :class:`Config` from a YAML file, a dict, or an existing Config, then
+    """Build a validated :class:`Config` from a YAML file (or a recipe name), a dict, or an existing Config, then
     apply ``key=value`` overrides (e.g. ``['optimizer.lr=0.001', 'loss.params.margin=0.2']``).
 
     Keys missing from ``source`` take the schema defaults. Raises :class:`ConfigError` for an
@@ -564,6 +564,10 @@ def load_config(
         data = _merge({}, source)  # deep copy of nested mappings
     else:
         path = Path(source)
+        if not path.exists():  # a recipe name ("demo_omniglot") or recipes/NAME.yaml outside a checkout
+            from deepmetric.recipes import find_recipe
+
+            path = find_recipe(path)
         if not path.is_file():
             raise ConfigError(f"config file '{path}' does not exist; check the path")
         size = path.stat().st_size

@@ -3,7 +3,7 @@
 A tiny ResNet (random init) is trained with the multi-similarity loss on half of the characters
 of five alphabets and tested on the other half, which it never saw. The demo prints the test
 Recall@1/2/4/8, MAP@R and NMI of the trained network next to the same numbers for the untrained
-one, and writes a run folder with ``report.html``. Its config is ``deepmetric/assets/demo.yaml``
+one, and writes a run folder with ``report.html``. Its config is the ``demo_omniglot`` recipe
 (the repository's ``recipes/demo_omniglot.yaml`` is the same experiment).
 """
 

@@ -1,10 +1,10 @@
 """Find and describe recipes: YAML configs of published experiments, runnable as they are.
 
-Recipes live in the repository's ``recipes/`` folder (next to ``src/``; found automatically for
-a checkout or an editable install). Each file starts with a comment line
-``# <one-line description>``, which ``deepmetric recipes`` prints. The demo's config also ships
-inside the package (``deepmetric/assets/demo.yaml``) so ``deepmetric demo`` works from any
-install.
+Recipes ship inside the package (``deepmetric/assets/recipes/``; a checkout's top-level
+``recipes/`` is a link to that folder), so ``deepmetric train NAME``, ``deepmetric recipes`` and
+``load_config("NAME")`` work from a plain ``pip install`` as from a checkout. Each file starts
+with a comment line ``# <one-line description>``, which ``deepmetric recipes`` prints. The demo
+runs the ``demo_omniglot`` recipe.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from pathlib import Path
 from deepmetric.errors import ConfigError, closest_match
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-#: the repository's recipes/ folder (src layout: <repo>/src/deepmetric/recipes.py)
-REPO_RECIPES_DIR = PACKAGE_DIR.parents[1] / "recipes"
-#: the demo config shipped inside the package
-PACKAGED_DEMO = PACKAGE_DIR / "assets" / "demo.yaml"
+#: the recipes shipped inside the package (a checkout's top-level recipes/ links here)
+PACKAGED_RECIPES_DIR = PACKAGE_DIR / "assets" / "recipes"
+REPO_RECIPES_DIR = PACKAGED_RECIPES_DIR  # the earlier name
+#: the demo's config: the demo_omniglot recipe
+PACKAGED_DEMO = PACKAGED_RECIPES_DIR / "demo_omniglot.yaml"
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class Recipe:
 
 def recipe_dirs() -> list[Path]:
     """Folders searched for recipes, in order."""
-    return [d for d in (REPO_RECIPES_DIR,) if d.is_dir()]
+    return [d for d in (PACKAGED_RECIPES_DIR,) if d.is_dir()]
 
 
 def read_description(path: Path) -> str:
@@ -48,14 +49,12 @@ def read_description(path: Path) -> str:
 
 
 def list_recipes() -> list[Recipe]:
-    """All recipes, sorted by name (the packaged demo config is listed when no checkout has it)."""
+    """All recipes, sorted by name."""
     found: dict[str, Recipe] = {}
     for folder in recipe_dirs():
         for path in sorted(folder.glob("*.y*ml")):
             if path.suffix in (".yaml", ".yml") and path.stem not in found:
                 found[path.stem] = Recipe(path.stem, path, read_description(path))
-    if "demo_omniglot" not in found and PACKAGED_DEMO.is_file():
-        found["demo_omniglot"] = Recipe("demo_omniglot", PACKAGED_DEMO, read_description(PACKAGED_DEMO))
     return [found[k] for k in sorted(found)]
 
 
@@ -71,8 +70,8 @@ def find_recipe(name_or_path: str | Path) -> Path:
         raise ConfigError(f"recipe '{path}' is not a file; pass a YAML file or a name from `deepmetric recipes`")
     recipes = {r.name: r for r in list_recipes()}
     stem = path.name.removesuffix(".yaml").removesuffix(".yml")
-    if stem in recipes and path.parent == Path("."):
-        return recipes[stem].path
+    if stem in recipes and (path.parent == Path(".") or path.parent.name == "recipes"):
+        return recipes[stem].path  # a name, or recipes/NAME.yaml outside a checkout
     hint = closest_match(stem, recipes)
     did = f" Did you mean '{hint}'?" if hint else ""
     raise ConfigError(

@@ -14,7 +14,7 @@ import pytest
 
 from deepmetric.cli import build_parser, main
 from deepmetric.errors import DataError
-from deepmetric.recipes import PACKAGED_DEMO, REPO_RECIPES_DIR, find_recipe, list_recipes
+from deepmetric.recipes import PACKAGED_DEMO, find_recipe, list_recipes
 
 SUBCOMMANDS = ["train", "eval", "embed", "search", "index", "report", "recipes", "demo", "calibrate"]
 
@@ -64,14 +64,34 @@ def test_recipes_lists_the_demo_with_its_description(capsys: pytest.CaptureFixtu
         assert recipe.path.read_text().startswith("#"), recipe.path
 
 
-def test_repo_demo_recipe_equals_packaged_demo() -> None:
+def test_recipes_load_by_name_and_by_checkout_path() -> None:
     from deepmetric.config import load_config
 
-    repo = REPO_RECIPES_DIR / "demo_omniglot.yaml"
-    if not repo.is_file():
-        pytest.skip("no repository recipes/ folder (installed package)")
-    assert load_config(repo) == load_config(PACKAGED_DEMO)
-    assert find_recipe("demo_omniglot") == repo
+    by_name = load_config("demo_omniglot")
+    assert by_name == load_config(PACKAGED_DEMO) == load_config("recipes/demo_omniglot.yaml")
+    assert find_recipe("demo_omniglot") == PACKAGED_DEMO
+    names = {r.name for r in list_recipes()}
+    assert {"demo_omniglot", "rll_cub200", "reid_mars", "speech_fsdd_transfer", "demal_ph2_cv"} <= names
+
+
+@pytest.mark.slow
+def test_a_plain_wheel_ships_every_recipe_and_the_license(tmp_path: Path) -> None:
+    """pip wheel . builds what a plain pip install gets: the recipes must be inside it."""
+    import zipfile
+
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
+         str(repo)], capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    wheel = next(tmp_path.glob("deepmetric-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = {Path(n).name for n in names if "/assets/recipes/" in n and n.endswith(".yaml")}
+    assert shipped == {p.name for p in (repo / "recipes").glob("*.yaml")} and len(shipped) >= 20
+    assert any(n.endswith("licenses/LICENSE") or n.endswith("/LICENSE") for n in names)
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
+    assert "License-Expression: Apache-2.0" in metadata
 
 
 def test_config_typo_is_one_line_without_traceback() -> None:
