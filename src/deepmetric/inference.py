@@ -77,7 +77,7 @@ def collect_images(inputs: list[str | Path]) -> tuple[list[Path], list[str]]:
 
     A folder whose sub-folders hold images is folder-per-class (label = sub-folder name);
     otherwise its own images are taken (label = the folder's name). A file's label is its
-    parent folder's name. Raises :class:`DataError` for a missing path, a file that is not an
+    parent folder's name. A ``.csv`` file is a manifest (``path,label``, paths relative to it). Raises :class:`DataError` for a missing path, a file that is not an
     image, or when no image is found.
     """
     paths: list[Path] = []
@@ -88,6 +88,11 @@ def collect_images(inputs: list[str | Path]) -> tuple[list[Path], list[str]]:
         path = Path(item).expanduser()
         if not path.exists():
             raise DataError(f"'{path}' does not exist; check the path (images or folders of images)")
+        if path.is_file() and path.suffix.lower() == ".csv":  # a manifest: path,label per row
+            manifest = data_source(path)
+            paths += [Path(p) for p in manifest.paths]
+            labels += [manifest.class_names[y] for y in manifest.labels]
+            continue
         if path.is_file():
             if not _is_image(path):
                 raise DataError(
@@ -140,11 +145,13 @@ def evaluate_source(
     overrides: list[str] | None = None,
     device: str = "auto",
     progress: bool = True,
+    class_depth: int = 1,
 ) -> tuple[dict[str, float], Any]:
     """Metrics of a trained model; returns ``(metrics, config)``.
 
     Without ``data``: the run's own test split (rebuilt from its config.yaml). With ``data``: a
-    folder-per-class dataset, every image a leave-one-out query against all the others.
+    folder of class folders (``class_depth`` levels down) or a CSV manifest (``path,label``; with
+    ``is_query`` the marked rows query the rest, else every image is a leave-one-out query).
     ``overrides`` (``eval.k_values=[1,5]`` ...) change the run's config for this evaluation.
     """
     from deepmetric.config import load_config
@@ -158,14 +165,26 @@ def evaluate_source(
     if data is None:
         dataset = build_datasets(config, model).test
     else:
-        from deepmetric.data.folder import folder_dataset
-
         transform = model.eval_transform() if callable(getattr(model, "eval_transform", None)) else None
-        dataset = folder_dataset(Path(data), split="all", transform=transform)
-        check_queries_have_positives(dataset.labels, dataset.class_names, str(data))
+        dataset = data_source(Path(data), transform, class_depth)
+        if getattr(dataset, "is_query", None) is None:
+            check_queries_have_positives(dataset.labels, dataset.class_names, str(data))
     first = next(iter(model.parameters()))
     metrics, _, _ = evaluate_model(model, dataset, config.eval, first.device if device == "auto" else resolve_device(device), progress=progress)
     return metrics, config
+
+
+def data_source(path: Path, transform: Any = None, class_depth: int = 1) -> Any:
+    """Every image of a CSV manifest (``.csv``) or of a folder of class folders, for evaluation."""
+    if path.suffix.lower() == ".csv":
+        if not path.is_file():
+            raise DataError(f"manifest '{path}' does not exist; check the path")
+        from deepmetric.data.manifest import CSVManifestDataset
+
+        return CSVManifestDataset(path, split=None, transform=transform)
+    from deepmetric.data.folder import folder_dataset
+
+    return folder_dataset(path, split="all", transform=transform, class_depth=class_depth)
 
 
 def check_queries_have_positives(labels: list[int], class_names: list[str], source: str) -> None:
