@@ -97,6 +97,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         run_dir = Path("runs") / f"{recipe.stem}-{_timestamp()}"
     if args.nproc > 1 and not under_torchrun:
+        if config.data.root is not None and not Path(config.data.root).expanduser().exists():
+            raise DeepMetricError(  # say it once here, not once per launched process
+                f"data.root '{config.data.root}' does not exist; point data.root at your copy of the dataset"
+            )
         return _launch_processes(args, recipe, run_dir)
     _set_threads(args.threads)
     rank = int(os.environ.get("RANK", "0"))
@@ -140,7 +144,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from deepmetric.inference import evaluate_source
 
     _set_threads(args.threads)
-    metrics, _ = evaluate_source(args.model, args.data, args.overrides, args.device, progress=not args.no_progress)
+    metrics, _ = evaluate_source(args.model, args.data, args.overrides, args.device, progress=not args.no_progress,
+                                 class_depth=args.class_depth)
     if args.json:
         print(json.dumps(metrics, indent=2))
     else:
@@ -152,15 +157,39 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from deepmetric.embeddings_io import save_embeddings
-    from deepmetric.inference import collect_images, embed_images, load_model
+    from deepmetric.deploy.sharded_embed import check_output, embed_images_to_shards, launch_local, plan_for_images
 
-    paths, labels = collect_images(args.inputs)
+    under_torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if args.output.endswith(".npz"):
+        if args.nproc > 1 or under_torchrun or args.resume:
+            raise DeepMetricError("several processes and --resume write a folder of shards: pass -o OUT_DIR "
+                                  "(a name without .npz) instead of a single .npz file")
+        from deepmetric.embeddings_io import save_embeddings
+        from deepmetric.inference import collect_images, embed_images, load_model
+
+        paths, labels = collect_images(args.inputs)
+        _set_threads(args.threads)
+        model, _, _ = load_model(args.model, args.device)
+        data = embed_images(model, paths, labels, batch_size=args.batch_size, progress=not args.no_progress)
+        out = save_embeddings(args.output, data.embeddings, data.labels, data.paths, dtype=args.dtype)
+        print(f"{len(data)} embeddings of dimension {data.dim} ({len(set(data.labels.tolist()))} labels) written to {out}")
+        return 0
+    if args.nproc > 1 and not under_torchrun:
+        plan, _, _ = plan_for_images(args.model, args.inputs, args.output, args.nproc, args.batch_size,
+                                     args.chunk_size, args.dtype)
+        check_output(plan, args.resume)  # one-line errors here, before any process starts
+        command = ["embed", args.model, *args.inputs, "-o", args.output, "--batch-size", str(args.batch_size),
+                   "--chunk-size", str(args.chunk_size), "--dtype", args.dtype, "--device", args.device,
+                   *(["--resume"] if args.resume else []), *(["--no-progress"] if args.no_progress else []),
+                   *(["--threads", str(args.threads)] if args.threads else [])]
+        return launch_local(args.nproc, command, args.debug, args.threads)
     _set_threads(args.threads)
-    model, _, _ = load_model(args.model, args.device)
-    data = embed_images(model, paths, labels, batch_size=args.batch_size, progress=not args.no_progress)
-    out = save_embeddings(args.output, data.embeddings, data.labels, data.paths)
-    print(f"{len(data)} embeddings of dimension {data.dim} ({len(set(data.labels.tolist()))} labels) written to {out}")
+    manifest = embed_images_to_shards(args.model, args.inputs, args.output, batch_size=args.batch_size,
+                                      chunk_size=args.chunk_size, dtype=args.dtype, resume=args.resume,
+                                      device=args.device, progress=not args.no_progress)
+    if manifest is not None:
+        print(f"{manifest.items} embeddings of dimension {manifest.dim} ({manifest.dtype}) in "
+              f"{len(manifest.shards)} shard(s) written to {args.output} (manifest: {Path(args.output) / 'manifest.json'})")
     return 0
 
 
@@ -173,11 +202,18 @@ def cmd_search(args: argparse.Namespace) -> int:
     from deepmetric.errors import DataError
     from deepmetric.inference import collect_images, embed_images, load_model, search_gallery
 
-    saved_index = None
+    from deepmetric.errors import InputError
+    from deepmetric.search_index import prepare_vectors, safe_text
+
+    saved_index = shards = None
     if Path(args.gallery + ".json").is_file() and not args.gallery.endswith(".npz"):
         from deepmetric.search_index import SearchIndex
 
         saved_index = SearchIndex.load(args.gallery)
+    elif Path(args.gallery).is_dir():
+        from deepmetric.deploy.sharded_embed import load_shards
+
+        shards = load_shards(args.gallery)
     else:
         gallery = load_embeddings(args.gallery)
     if len(args.queries) == 1 and args.queries[0].endswith(".npz"):
@@ -191,22 +227,32 @@ def cmd_search(args: argparse.Namespace) -> int:
         model, _, _ = load_model(args.model, args.device)
         qset = embed_images(model, paths, labels, progress=not args.no_progress)
         queries, names = qset.embeddings, [str(p) for p in paths]
-    if saved_index is not None:
-        from deepmetric.inference import search_saved_index
+    try:
+        if saved_index is not None:
+            results = saved_index.hits(np.asarray(queries), k=args.k)
+            args.metric = saved_index.metric
+        elif shards is not None:
+            from deepmetric.deploy.index_build import search_shards
 
-        results = search_saved_index(saved_index, np.asarray(queries), k=args.k)
-        args.metric = saved_index.metric
-    else:
-        results = search_gallery(gallery, np.asarray(queries), k=args.k, metric=args.metric)
-    if args.json:
+            results = search_shards(shards, np.asarray(queries), k=args.k, metric=args.metric)
+        else:
+            if args.metric == "cosine":  # overflow-safe unit rows: cosine ignores the scale
+                gallery = type(gallery)(prepare_vectors(gallery.embeddings, "cosine", source=args.gallery),
+                                        gallery.labels, gallery.paths)
+                queries = prepare_vectors(np.asarray(queries), "cosine", source="queries")
+            results = search_gallery(gallery, np.asarray(queries), k=args.k, metric=args.metric)
+    except InputError as exc:
+        raise DataError(f"{exc}; embed the queries with the model that embedded the gallery") from exc
+    if args.json:  # JSON keeps the exact text; json.dumps escapes every control character (\u001b)
         payload = [
             {"query": q, "neighbours": [{"rank": h.rank, "path": h.path, "label": h.label, "score": round(h.score, 6)} for h in hits]}
             for q, hits in zip(names, results)
         ]
-        print(json.dumps(payload, indent=2))
-    else:
+        print(json.dumps(payload, indent=2, ensure_ascii=True))
+    else:  # the table shows control characters as visible escapes (\x1b), never raw
         score = "distance" if args.metric == "euclidean" else "similarity"
-        rows = [[q if h.rank == 1 else "", str(h.rank), f"{h.score:.4f}", h.label, h.path] for q, hits in zip(names, results) for h in hits]
+        rows = [[safe_text(q) if h.rank == 1 else "", str(h.rank), f"{h.score:.4f}", safe_text(h.label), safe_text(h.path)]
+                for q, hits in zip(names, results) for h in hits]
         print(_format_table(rows, ["query", "rank", score, "label", "path"]))
     return 0
 
@@ -312,15 +358,30 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from deepmetric.embeddings_io import load_embeddings
-    from deepmetric.search_index import build_index, recall_against_exact
+    from deepmetric.deploy.index_build import build_index_from_source
 
-    data = load_embeddings(args.embeddings)
-    index = build_index(data.embeddings, kind=args.kind, metric=args.metric, labels=data.labels.tolist(), paths=data.paths)
-    out = index.save(args.output)
-    recall = recall_against_exact(index, data.embeddings, k=min(10, len(data)))
-    print(f"{index.kind} index of {index.size} items built in {index.build_seconds:.2f} s, "
-          f"recall@10 against exact search {recall:.3f}: {out}")
+    report = build_index_from_source(
+        args.embeddings, args.output, kind=args.kind, metric=args.metric, nlist=args.nlist, pq_m=args.pq_m,
+        nprobe=args.nprobe, ef_search=args.ef_search, target_recall=args.target_recall or None,
+        n_queries=args.queries, seed=args.seed,
+    )
+    print(report.summary())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from deepmetric.deploy import export_run, manifest_path
+
+    _set_threads(args.threads)
+    m = export_run(args.run, args.output, format=args.format, which=args.which, static_batch=args.static_batch,
+                   opset=args.opset)
+    batch = "dynamic batch" if m.batch == "dynamic" else f"batch {m.batch}"
+    inputs = ", ".join(f"{t.name} [{', '.join(str(d) for d in t.shape)}]" for t in m.inputs)
+    kind = {"onnx": "ONNX", "export": "torch.export", "torchscript": "TorchScript"}[m.format]
+    print(f"{kind} export of '{m.model_name}' ({m.checkpoint.which}.pt, step {m.checkpoint.step}): {inputs} -> "
+          f"{m.embedding_dim}-d embedding, {batch}; matches PyTorch at batches {m.verification.checked_batches} "
+          f"(max abs difference {m.verification.max_abs_diff:.1e})\n"
+          f"model: {args.output}\nmetadata: {manifest_path(args.output)}")
     return 0
 
 
@@ -420,24 +481,47 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", help="run folder or checkpoint (RUN/checkpoints/best.pt)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="evaluation overrides, e.g. eval.k_values=[1,5]")
-    p.add_argument("--data", default=None, help="folder-per-class images to evaluate on (default: the run's test split)")
+    p.add_argument("--data", default=None,
+                   help="folder of class folders, or a CSV manifest (path,label[,is_query]), to evaluate on "
+                   "(default: the run's test split)")
+    p.add_argument("--class-depth", type=int, default=1, metavar="N",
+                   help="with --data FOLDER: the class folders are N levels down (2 for alphabet/character trees)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--out", "-o", default=None, help="also write the metrics to this JSON file")
     _common(p)
     p.set_defaults(handler=cmd_eval)
 
     p = sub.add_parser(
-        "embed", help="embed images into an embeddings file (.npz)", formatter_class=_Formatter,
-        description="Embed image files and folders with a trained model. Writes an .npz with embeddings, "
-        "labels (the class sub-folder or parent-folder name) and paths.",
+        "embed", help="embed images into an embeddings file (.npz) or a folder of shards", formatter_class=_Formatter,
+        description="Embed image files and folders with a trained model. -o FILE.npz writes one .npz with "
+        "embeddings, labels (the class sub-folder or parent-folder name) and paths. -o OUT_DIR (no .npz) writes "
+        "shards: the items, sorted by path, are split into contiguous ranges, one per process (--nproc, or "
+        "torchrun's RANK/WORLD_SIZE on several nodes with a shared OUT_DIR); each process writes "
+        "OUT_DIR/shard-<rank>-of-<world>.npz chunk by chunk, and OUT_DIR/manifest.json records the model, "
+        "inputs, item ranges and SHA-256 of every shard. A killed run continues with --resume (finished "
+        "chunks and shards are skipped). See docs/scale_out.md.",
         epilog="examples:\n"
         "  deepmetric embed runs/demo-X gallery_folder/ -o gallery.npz\n"
-        "  deepmetric embed runs/demo-X a.png b.png c.png -o three.npz",
+        "  deepmetric embed runs/demo-X a.png b.png c.png -o three.npz\n"
+        "  deepmetric embed runs/demo-X /data/photos -o gallery_shards --nproc 4 --dtype float16\n"
+        "  deepmetric embed runs/demo-X /data/photos -o gallery_shards --nproc 4 --resume   # after a kill\n"
+        "  torchrun --nnodes 2 --node_rank 0 --master_addr HOST --nproc_per_node 8 -m deepmetric.cli \\\n"
+        "      embed runs/demo-X /shared/photos -o /shared/gallery_shards",
     )
     p.add_argument("model", help="run folder or checkpoint")
     p.add_argument("inputs", nargs="+", help="image files or folders (a folder of class sub-folders gives labels)")
-    p.add_argument("--output", "-o", required=True, help="embeddings file to write (.npz)")
+    p.add_argument("--output", "-o", required=True,
+                   help="embeddings file to write (name ending in .npz) or folder of shards (any other name)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: 64)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="processes on this machine, launched with torchrun (shard folder only; default: 1)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted shard folder: finished chunks and shards are skipped")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                   help="storage type of the embeddings (default: float32; float16 halves the files)")
+    p.add_argument("--chunk-size", type=int, default=10_000, metavar="N",
+                   help="items per chunk file of a shard, the unit --resume skips (default: 10000, rounded up "
+                   "to a multiple of --batch-size)")
     _common(p)
     p.set_defaults(handler=cmd_embed)
 
@@ -448,9 +532,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  deepmetric search gallery.npz query.png --model runs/demo-X\n"
         "  deepmetric search gallery.npz queries/ --model runs/demo-X -k 10 --json\n"
-        "  deepmetric search gallery.npz queries.npz --metric euclidean",
+        "  deepmetric search gallery.npz queries.npz --metric euclidean\n"
+        "  deepmetric search gallery.index queries/ --model runs/demo-X\n\n"
+        "Paths and labels are printed with control characters shown as escapes (\\x1b), never raw.",
     )
-    p.add_argument("gallery", help="embeddings file of the gallery (from `deepmetric embed`) or a saved index (`deepmetric index`)")
+    p.add_argument("gallery", help="embeddings file of the gallery (from `deepmetric embed`), a shard folder (exact "
+                   "search, streamed) or a saved index (`deepmetric index`, opened memory-mapped)")
     p.add_argument("queries", nargs="+", help="query images/folders, or one .npz of query embeddings")
     p.add_argument("--model", default=None, help="run folder or checkpoint that embedded the gallery (needed for images)")
     p.add_argument("-k", type=int, default=5, help="neighbours per query (default: 5)")
@@ -489,19 +576,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_calibrate)
 
     p = sub.add_parser(
-        "index", help="build a saved faiss search index from an embeddings file", formatter_class=_Formatter,
-        description="Build a flat, IVF or HNSW faiss index over an embeddings file for fast `deepmetric search` on "
-        "large galleries (needs faiss: pip install \"deepmetric[faiss]\"); reports its recall against exact search.",
+        "index", help="build a saved faiss search index from an embeddings file or shard folder", formatter_class=_Formatter,
+        description="Build a flat, IVF-Flat, IVF-PQ or HNSW faiss index over an embeddings file or a folder of shards "
+        "(read block by block, never all at once) for fast `deepmetric search` on large galleries (needs faiss: "
+        "pip install \"deepmetric[faiss]\"). IVF kinds train on a seeded sample (64 points per list; >= 16,384 "
+        "for IVF-PQ). The recall@10 against exact search is measured on a seeded sample of queries, and "
+        "nprobe (IVF) / efSearch (HNSW) is set to the smallest value reaching --target-recall on it.",
         epilog="examples:\n"
         "  deepmetric index gallery.npz -o gallery.index\n"
-        "  deepmetric index gallery.npz -o gallery.index --kind hnsw\n"
+        "  deepmetric index gallery_shards/ -o gallery.index --kind ivfpq --pq-m 16 --target-recall 0.9\n"
+        "  deepmetric index gallery.npz -o gallery.index --kind hnsw --ef-search 64\n"
         "  deepmetric search gallery.index query.png --model runs/demo-X",
     )
-    p.add_argument("embeddings", help="embeddings file (from `deepmetric embed`)")
-    p.add_argument("--output", "-o", required=True, help="index file to write (metadata goes to <file>.json)")
-    p.add_argument("--kind", choices=["auto", "flat", "ivf", "hnsw"], default="auto", help="index type (default: auto, by size)")
+    p.add_argument("embeddings", help="embeddings file (.npz) or shard folder (from `deepmetric embed`)")
+    p.add_argument("--output", "-o", required=True,
+                   help="index file to write (sidecar <file>.json, labels and paths <file>.labels.npy / .paths.npy)")
+    p.add_argument("--kind", choices=["auto", "flat", "ivf", "ivfpq", "hnsw"], default="auto",
+                   help="index type (default: auto: flat <= 50k items, hnsw <= 2M, ivf while the vectors take "
+                   "<= 16 GiB, else ivfpq)")
     p.add_argument("--metric", choices=["cosine", "euclidean"], default="cosine", help="similarity (default: cosine)")
+    p.add_argument("--nlist", type=int, default=None, metavar="N", help="IVF lists (default: 4 sqrt(N))")
+    p.add_argument("--pq-m", type=int, default=None, metavar="M",
+                   help="IVF-PQ bytes per vector, dividing the dimension (default: largest divisor <= dim/8, 16 for 128-d)")
+    p.add_argument("--target-recall", type=float, default=0.95, metavar="R",
+                   help="choose the smallest nprobe / efSearch with recall@10 >= R on the query sample "
+                   "(default: 0.95; 0 keeps nprobe 16 / efSearch 128)")
+    p.add_argument("--nprobe", type=int, default=None, help="fixed nprobe for IVF kinds (no tuning)")
+    p.add_argument("--ef-search", type=int, default=None, help="fixed efSearch for HNSW (no tuning)")
+    p.add_argument("--queries", type=int, default=1000, metavar="Q",
+                   help="gallery items used as queries to measure recall (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the training and query samples (default: 0)")
     p.set_defaults(handler=cmd_index)
+
+    p = sub.add_parser(
+        "export", help="export a trained model to ONNX, torch.export or TorchScript", formatter_class=_Formatter,
+        description="Write the evaluation embedding of a run (its best checkpoint) as one file: ONNX (.onnx), "
+        "torch.export (.pt2) or TorchScript (.ts), by the file suffix. The file takes preprocessed inputs "
+        "(images (batch, C, H, W); audio: log-mel features (batch, frames, n_mels) and lengths (batch,)) "
+        "with a dynamic batch axis, and is checked against PyTorch at another batch size before it is "
+        "written. FILE.json describes the inputs: size, channels, mean, std, interpolation, resize and "
+        "crop rule (or the audio front end), embedding size, normalisation, model and checkpoint. "
+        "ONNX needs: pip install \"deepmetric[export]\".",
+        epilog="examples:\n"
+        "  deepmetric export runs/demo-X -o model.onnx\n"
+        "  deepmetric export runs/demo-X -o model.pt2 --which last\n"
+        "  deepmetric export runs/demo-X -o model.ts\n"
+        "  deepmetric export runs/demo-X -o model.bin --format onnx --static-batch 8",
+    )
+    p.add_argument("run", help="run folder or checkpoint (RUN/checkpoints/best.pt)")
+    p.add_argument("--output", "-o", required=True, help="file to write: .onnx, .pt2 or .ts (metadata goes to <file>.json)")
+    p.add_argument("--format", default=None, metavar="{onnx,export,torchscript}",
+                   help="format, overriding the suffix (aliases: pt2 = export, ts = torchscript)")
+    p.add_argument("--which", default="best", help="checkpoint of a run folder: best (else last) or last (default: best)")
+    p.add_argument("--static-batch", type=int, nargs="?", const=1, default=None, metavar="N",
+                   help="fix the batch size to N (default 1) for models whose forward cannot take a dynamic batch")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    _common(p, device=False)
+    p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser(
         "report", help="(re)build report.html and plots of a run folder", formatter_class=_Formatter,

@@ -1,32 +1,98 @@
-"""A saved, searchable index over an embeddings file (faiss): flat, IVF or HNSW.
+"""A saved, searchable index over embeddings (faiss): flat, IVF-Flat, IVF-PQ or HNSW.
 
-``deepmetric index`` builds one from an embeddings ``.npz`` (see :mod:`deepmetric.embeddings_io`)
-and reports the recall of the approximate index against exact search at build time;
-``deepmetric search INDEX QUERY...`` queries it (the index file in place of an embeddings
-file). The index file is faiss's own format; a JSON sidecar (``<index>.json``) records the
-kind, metric and the gallery's labels and paths.
+``deepmetric index`` builds one from an embeddings ``.npz`` or a folder of shards (see
+:mod:`deepmetric.deploy.index_build`, which streams the shards) and reports the recall of the
+approximate index against exact search at build time; ``deepmetric search INDEX QUERY...``
+queries it (the index file in place of an embeddings file).
 
-Choosing the kind (``kind="auto"``): exact ``flat`` search up to 50,000 items (a query is a
-matrix-vector product, milliseconds at that size); ``hnsw`` (Malkov & Yashunin, TPAMI 2018;
-graph search, high recall, no training) up to 2,000,000; ``ivf`` (inverted lists with
-nlist = 4 sqrt(N) coarse centroids, k-means trained on 64 points per list) beyond, where HNSW's graph
-would dominate memory.
+Files of an index ``gallery.index``:
+
+* ``gallery.index`` -- faiss's own format;
+* ``gallery.index.json`` -- the sidecar, validated by :class:`IndexSidecar` (pydantic, unknown
+  keys rejected): kind, metric, dim, count, the search parameters (``nprobe`` / ``ef_search``),
+  the recall measured at build time and the names of the two arrays below. A damaged or hostile
+  sidecar gives one :class:`~deepmetric.errors.DataError` line, never a traceback;
+* ``gallery.index.labels.npy`` and ``gallery.index.paths.npy`` -- one label and one source path
+  per indexed row, memory-mapped on load (only the rows of the hits are read).
+
+Loading memory-maps what faiss can map (:data:`MMAP_SUPPORT`): the inverted lists of IVF-Flat
+and IVF-PQ (``IO_FLAG_MMAP``), and the vectors of flat and HNSW indexes (``IO_FLAG_MMAP_IFC``,
+faiss >= 1.10); HNSW's graph (about ``2 M`` int32 links per vector) is always read into memory.
+
+Choosing the kind (``kind="auto"``, :func:`choose_kind`): exact ``flat`` search up to 50,000
+items (a query is a matrix-vector product, milliseconds at that size); ``hnsw`` (Malkov &
+Yashunin, TPAMI 2018; graph search, high recall, no training) up to 2,000,000; ``ivf``
+(IVF-Flat: inverted lists over nlist = 4 sqrt(N) k-means centroids, full vectors) while the raw
+float32 vectors take at most 16 GiB; ``ivfpq`` (IVF with product-quantised codes of ``pq_m``
+bytes per vector) beyond.
+
+Training sample (:func:`train_sample_size`): the coarse quantizer is trained on
+``64 x nlist`` points (faiss warns below 39 per list; 64-256 is its advice), at least
+``64 x 256`` for IVF-PQ (each 8-bit PQ codebook has 256 centroids), at most every item; the
+sample is drawn with a seeded generator, so the same data and seed give the same index.
+
+Scores: cosine similarity (higher = closer) for ``metric="cosine"``, squared Euclidean distance
+(lower = closer) for ``"euclidean"``. Cosine normalisation is overflow-safe (:func:`prepare_vectors`:
+each row is divided by its largest absolute value, then normalised in float64), so embeddings
+scaled by 1e20 give the same neighbours and similarities; Euclidean distances that would
+overflow float32 are refused. NaN or infinite rows are refused with the row number.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import tempfile
 import time
+import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from deepmetric.errors import ConfigError, DataError, InputError
 
-INDEX_KINDS = ("auto", "flat", "ivf", "hnsw")
+__all__ = [
+    "INDEX_KINDS",
+    "MMAP_SUPPORT",
+    "IndexSidecar",
+    "SearchIndex",
+    "build_index",
+    "choose_kind",
+    "default_nlist",
+    "default_pq_m",
+    "new_faiss_index",
+    "prepare_vectors",
+    "read_sidecar",
+    "recall_against_exact",
+    "safe_text",
+    "schema_problem",
+    "set_search_params",
+    "train_sample_size",
+    "write_faiss_atomically",
+]
+
+INDEX_KINDS = ("auto", "flat", "ivf", "ivfpq", "hnsw")
+Kind = Literal["flat", "ivf", "ivfpq", "hnsw"]
+Metric = Literal["cosine", "euclidean"]
+#: how each kind is opened by :meth:`SearchIndex.load` with ``mmap=True``
+MMAP_SUPPORT = {
+    "flat": "vectors memory-mapped (IO_FLAG_MMAP_IFC, faiss >= 1.10; read into memory before)",
+    "ivf": "inverted lists memory-mapped (IO_FLAG_MMAP); the coarse centroids are read",
+    "ivfpq": "inverted lists (codes) memory-mapped (IO_FLAG_MMAP); centroids and codebooks are read",
+    "hnsw": "vectors memory-mapped (IO_FLAG_MMAP_IFC, faiss >= 1.10); the graph links are read into memory",
+}
+#: the largest sidecar read (a legacy sidecar holds the labels and paths inline)
+MAX_SIDECAR_BYTES = 256 * 1024 * 1024
+#: raw float32 vectors up to this size make ``auto`` pick IVF-Flat over IVF-PQ
+_IVF_FLAT_LIMIT_BYTES = 16 * 2**30
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_ARRAY_FILE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}\.npy$")
 
 
 def _faiss() -> Any:
@@ -37,77 +103,447 @@ def _faiss() -> Any:
     return faiss
 
 
-def choose_kind(n_items: int) -> str:
-    """The index kind ``"auto"`` picks for ``n_items`` (see module docstring)."""
-    return "flat" if n_items <= 50_000 else "hnsw" if n_items <= 2_000_000 else "ivf"
+# ---------------------------------------------------------------------------------------------
+# choices and sizes
 
 
-def _prepare(x: np.ndarray, metric: str) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if x.ndim != 2:
-        raise InputError(f"embeddings must be 2-D (N x D), got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise InputError("embeddings contain NaN or inf; re-embed with a healthy model")
+def choose_kind(n_items: int, dim: int = 128) -> str:
+    """The index kind ``"auto"`` picks for ``n_items`` vectors of ``dim`` (see module docstring)."""
+    if n_items <= 50_000:
+        return "flat"
+    if n_items <= 2_000_000:
+        return "hnsw"
+    return "ivf" if n_items * dim * 4 <= _IVF_FLAT_LIMIT_BYTES else "ivfpq"
+
+
+def default_nlist(n_items: int) -> int:
+    """``4 sqrt(N)`` inverted lists, at most ``N / 39`` (faiss wants >= 39 training points per list)."""
+    return max(1, min(n_items // 39, int(4 * math.sqrt(n_items))))
+
+
+def default_pq_m(dim: int) -> int:
+    """PQ sub-quantizers (bytes per vector at 8 bits): the largest divisor of ``dim`` up to ``dim / 8``
+    (at least 8 dimensions per sub-quantizer: 16 bytes for 128-d; 4-d sub-quantizers train ~10x
+    slower in faiss for little recall)."""
+    return max(m for m in range(1, max(1, dim // 8) + 1) if dim % m == 0)
+
+
+def train_sample_size(n_items: int, nlist: int, kind: str, points_per_list: int = 64) -> int:
+    """Points the IVF quantizer (and PQ codebooks) train on: ``points_per_list x nlist``, at least
+    ``64 x 256`` for IVF-PQ, at most ``n_items``."""
+    want = points_per_list * nlist
+    if kind == "ivfpq":
+        want = max(want, 64 * 256)
+    return min(n_items, want)
+
+
+# ---------------------------------------------------------------------------------------------
+# vectors
+
+
+def prepare_vectors(x: Any, metric: str, source: str = "embeddings", first_row: int = 0) -> np.ndarray:
+    """Contiguous float32 rows ready for faiss: unit rows for cosine, unchanged for Euclidean.
+
+    Cosine: every row is divided by its largest absolute value, then normalised in float64, so
+    no finite input overflows (1e20 x gives the rows of x). Raises :class:`InputError` naming
+    ``source`` and the row (``first_row`` + position) for NaN/inf, and for Euclidean inputs
+    whose squared distances would overflow float32.
+    """
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise InputError(f"{source}: embeddings must be 2-D (N x D), got shape {arr.shape}")
+    if arr.dtype.kind not in "fiu":
+        raise InputError(f"{source}: embeddings must be real numbers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f":
+        finite = np.isfinite(arr).all(axis=1)
+        if not finite.all():
+            row = first_row + int(np.flatnonzero(~finite)[0])
+            raise InputError(f"{source}: row {row} holds NaN or inf; re-embed it with a healthy model "
+                             "(a diverged checkpoint gives NaN)")
     if metric == "cosine":
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    return x
+        x64 = arr.astype(np.float64)
+        scale = np.abs(x64).max(axis=1, keepdims=True) if x64.size else np.ones((len(x64), 1))
+        x64 /= np.where(scale > 0, scale, 1.0)
+        norm = np.linalg.norm(x64, axis=1, keepdims=True)
+        return np.ascontiguousarray(x64 / np.where(norm > 0, norm, 1.0), dtype=np.float32)
+    if arr.size:
+        limit = math.sqrt(_FLOAT32_MAX / arr.shape[1]) / 2  # |a - b|^2 <= dim (2 max|x|)^2 must fit float32
+        big = np.abs(arr).max(axis=1) > limit
+        if big.any():
+            row = first_row + int(np.flatnonzero(big)[0])
+            raise InputError(
+                f"{source}: row {row} has values up to {float(np.abs(arr[row - first_row]).max()):.3g}, so squared "
+                "Euclidean distances overflow float32; divide all embeddings by one common factor or use --metric cosine"
+            )
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# faiss indexes
+
+
+def _faiss_metric(metric: str) -> int:
+    faiss = _faiss()
+    return faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
+
+
+def new_faiss_index(
+    kind: str, dim: int, metric: str, nlist: int | None = None, pq_m: int | None = None, pq_bits: int = 8,
+    hnsw_m: int = 32, ef_construction: int = 80,
+) -> Any:
+    """An empty faiss index of ``kind`` (``flat``, ``ivf``, ``ivfpq`` or ``hnsw``); IVF kinds need
+    training (``index.train(sample)``) before ``add``."""
+    faiss = _faiss()
+    fmetric = _faiss_metric(metric)
+    if kind == "flat":
+        return faiss.IndexFlat(dim, fmetric)
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, hnsw_m, fmetric)
+        index.hnsw.efConstruction = ef_construction
+        return index
+    if nlist is None or nlist < 1:
+        raise ConfigError(f"an {kind} index needs nlist >= 1, got {nlist}")
+    quantizer = faiss.IndexFlat(dim, fmetric)
+    if kind == "ivf":
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, fmetric)
+    elif kind == "ivfpq":
+        m = pq_m or default_pq_m(dim)
+        if dim % m:
+            raise ConfigError(f"--pq-m {m} must divide the embedding dimension {dim}; use a divisor such as {default_pq_m(dim)}")
+        index = faiss.IndexIVFPQ(quantizer, dim, nlist, m, pq_bits, fmetric)
+    else:
+        raise ConfigError(f"unknown index kind '{kind}'; use one of {', '.join(INDEX_KINDS)}")
+    return index
+
+
+def set_search_params(index: Any, kind: str, nprobe: int | None = None, ef_search: int | None = None) -> None:
+    """Set ``nprobe`` (IVF kinds, clipped to nlist) or ``efSearch`` (HNSW) on a faiss index."""
+    if kind in ("ivf", "ivfpq") and nprobe is not None:
+        _faiss().extract_index_ivf(index).nprobe = int(min(nprobe, index.nlist))
+    elif kind == "hnsw" and ef_search is not None:
+        index.hnsw.efSearch = int(ef_search)
+
+
+def _expected_class(kind: str) -> Any:
+    faiss = _faiss()
+    return {"flat": faiss.IndexFlat, "ivf": faiss.IndexIVFFlat, "ivfpq": faiss.IndexIVFPQ, "hnsw": faiss.IndexHNSW}[kind]
+
+
+# ---------------------------------------------------------------------------------------------
+# sidecar
+
+
+class IndexSidecar(BaseModel):
+    """``<index>.json``: what the faiss file holds and how to search it. Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal[1] = 1
+    kind: Kind
+    metric: Metric
+    dim: int = Field(gt=0, le=1_000_000)
+    count: int = Field(ge=0, le=10**13)
+    nlist: int | None = Field(default=None, ge=1, le=10**8)
+    nprobe: int | None = Field(default=None, ge=1, le=10**8)
+    pq_m: int | None = Field(default=None, ge=1, le=10_000)
+    pq_bits: int | None = Field(default=None, ge=1, le=16)
+    hnsw_m: int | None = Field(default=None, ge=2, le=10_000)
+    ef_search: int | None = Field(default=None, ge=1, le=1_000_000)
+    labels_file: str | None = Field(default=None, max_length=205)
+    paths_file: str | None = Field(default=None, max_length=205)
+    recall_at_10: float | None = Field(default=None, ge=0.0, le=1.0)
+    recall_queries: int | None = Field(default=None, ge=0)
+    target_recall: float | None = Field(default=None, gt=0.0, le=1.0)
+    train_sample: int | None = Field(default=None, ge=0)
+    seed: int | None = None
+    build_seconds: float | None = Field(default=None, ge=0.0)
+    source: str | None = Field(default=None, max_length=4096)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> IndexSidecar:
+        ivf = self.kind in ("ivf", "ivfpq")
+        if ivf and self.nlist is None:
+            raise ValueError(f"an {self.kind} index needs 'nlist'")
+        if self.nprobe is not None and (not ivf or self.nprobe > (self.nlist or 0)):
+            raise ValueError("'nprobe' needs an IVF kind and must lie in 1..nlist")
+        if self.ef_search is not None and self.kind != "hnsw":
+            raise ValueError("'ef_search' is only for an hnsw index")
+        if self.kind == "ivfpq" and (self.pq_m is None or self.dim % self.pq_m):
+            raise ValueError("an ivfpq index needs 'pq_m' dividing 'dim'")
+        for key in ("labels_file", "paths_file"):
+            name = getattr(self, key)
+            if name is not None and (not _ARRAY_FILE.match(name) or ".." in name):
+                raise ValueError(f"'{key}' must be a plain .npy file name next to the index (no folders)")
+        return self
+
+
+class _LegacySidecar(BaseModel):
+    """The sidecar of deepmetric before format 1 (labels and paths inline)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["flat", "ivf", "hnsw"]
+    metric: Metric
+    labels: list[int | str]
+    paths: list[str]
+    size: int = Field(ge=0)
+    dim: int = Field(gt=0, le=1_000_000)
+
+
+def safe_text(value: Any, limit: int | None = None) -> str:
+    """``str(value)`` with control, format (bidi) and separator characters replaced by visible
+    escapes (``\\x1b``, ``\\n``, ``\\u202e``), so a printed path or label cannot drive the
+    terminal; ``limit`` truncates (with ``...``)."""
+    text = str(value)
+    out = []
+    for ch in text:
+        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") or ch in "\x7f":
+            code = ord(ch)
+            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(ch) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"))
+        else:
+            out.append(ch)
+    text = "".join(out)
+    return text if limit is None or len(text) <= limit else text[: max(0, limit - 3)] + "..."
+
+
+def schema_problem(exc: ValidationError) -> str:
+    """The first problem of a pydantic validation error, one line, safe to print."""
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "the top level"
+    where = safe_text(where, 60)
+    if first["type"] == "missing":
+        problem = f"missing key '{where}'"
+    elif first["type"] == "extra_forbidden":
+        problem = f"unknown key '{where}'"
+    else:
+        message = str(first["msg"]).removeprefix("Value error, ")
+        problem = f"bad value at '{where}' ({safe_text(message, 160)})"
+    more = exc.error_count() - 1
+    return problem + (f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else "")
+
+
+def _sidecar_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def read_sidecar(path: str | Path) -> IndexSidecar | _LegacySidecar:
+    """The validated sidecar of the index file ``path`` (``path + '.json'``).
+
+    Raises :class:`DataError`, one line naming the file and the first problem, for a missing,
+    oversized, non-UTF-8, non-JSON or off-schema sidecar. Pre-format-1 sidecars (labels and
+    paths inline) are accepted as they are.
+    """
+    path = Path(path)
+    meta = _sidecar_path(path)
+    fix = "rebuild it with `deepmetric index EMBEDDINGS -o " + safe_text(path.name, 80) + "`"
+    if not path.is_file() or not meta.is_file():
+        raise DataError(f"index not found: {safe_text(path)} (and its {safe_text(meta.name)}); build it with 'deepmetric index'")
+    size = meta.stat().st_size
+    if size > MAX_SIDECAR_BYTES:
+        raise DataError(f"index sidecar '{safe_text(meta)}' is {size / 2**20:.0f} MiB, over the "
+                        f"{MAX_SIDECAR_BYTES // 2**20} MiB limit; it is not a sidecar deepmetric wrote: {fix}")
+    try:
+        data = json.loads(meta.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise DataError(f"index sidecar '{safe_text(meta)}' is not UTF-8 text; {fix}") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"index sidecar '{safe_text(meta)}' is not valid JSON ({exc.msg} at line {exc.lineno}); {fix}") from None
+    except RecursionError:
+        raise DataError(f"index sidecar '{safe_text(meta)}' is nested too deeply to be a sidecar; {fix}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"index sidecar '{safe_text(meta)}' must hold a JSON object, not {type(data).__name__}; {fix}")
+    legacy = "format" not in data and ("size" in data or "labels" in data)
+    model: type[BaseModel] = _LegacySidecar if legacy else IndexSidecar
+    try:
+        return model.model_validate(data, strict=True)  # type: ignore[return-value]
+    except ValidationError as exc:
+        raise DataError(f"index sidecar '{safe_text(meta)}' does not match the schema: {schema_problem(exc)}; {fix}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# the index object
+
+
+def _replace_atomically(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_faiss_atomically(index: Any, path: str | Path) -> Path:
+    """Write a faiss index to ``path`` through a temporary file and ``os.replace``."""
+    path = Path(path)
+    _replace_atomically(path, lambda tmp: _faiss().write_index(index, tmp))
+    return path
+
+
+def _array_of(values: Sequence[Any]) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "iuU":
+        arr = np.asarray([str(v) for v in values], dtype=str)
+    return arr
 
 
 @dataclass
 class SearchIndex:
-    """A faiss index plus what it indexes. Scores: cosine similarity (higher = closer) for
-    ``metric="cosine"``, squared Euclidean distance (lower = closer) for ``"euclidean"``."""
+    """A faiss index plus what it indexes (see module docstring for the scores).
+
+    ``labels`` and ``paths`` hold one entry per indexed row (lists when built in memory,
+    memory-mapped arrays when loaded), or are empty when unknown.
+    """
 
     index: Any
     kind: str
     metric: str
-    labels: list[Any] = field(default_factory=list)
-    paths: list[str] = field(default_factory=list)
+    labels: Sequence[Any] = field(default_factory=list)
+    paths: Sequence[Any] = field(default_factory=list)
     build_seconds: float = 0.0
+    nprobe: int | None = None
+    ef_search: int | None = None
+    sidecar: IndexSidecar | None = None
 
     @property
     def size(self) -> int:
         return int(self.index.ntotal)
 
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
     def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
-        """``(indices (Q, k), scores (Q, k))`` of the k nearest gallery items, best first."""
+        """``(indices (Q, k), scores (Q, k))`` of the k nearest gallery items, best first
+        (index -1 where the index found fewer than k)."""
         if k < 1:
             raise InputError(f"k must be >= 1, got {k}")
-        q = _prepare(np.asarray(queries), self.metric)
+        q = prepare_vectors(np.asarray(queries), self.metric, source="queries")
         if q.shape[1] != self.index.d:
             raise InputError(f"queries have {q.shape[1]} dims but the index holds {self.index.d}-dim embeddings")
         scores, indices = self.index.search(q, min(k, self.size))
         return indices, scores
 
-    def save(self, path: str | Path) -> Path:
-        """Write the faiss index to ``path`` and the metadata to ``path + '.json'``."""
+    def hits(self, queries: np.ndarray, k: int = 5) -> list[list[Any]]:
+        """:class:`~deepmetric.inference.SearchHit` lists (best first) for every query row; only
+        the labels and paths of the hits are read."""
+        from deepmetric.inference import SearchHit
+
+        indices, scores = self.search(queries, k)
+        return [[SearchHit(rank + 1, self.path(i), self.label(i), float(s))
+                 for rank, (i, s) in enumerate(zip(row_i.tolist(), row_s.tolist())) if i >= 0]
+                for row_i, row_s in zip(np.asarray(indices), np.asarray(scores))]
+
+    def label(self, row: int) -> str:
+        return str(self.labels[row]) if len(self.labels) else ""
+
+    def path(self, row: int) -> str:
+        return str(self.paths[row]) if len(self.paths) else ""
+
+    def save(self, path: str | Path, **extra: Any) -> Path:
+        """Write the faiss index to ``path``, the labels and paths next to it and the sidecar
+        last (``extra``: further :class:`IndexSidecar` fields such as ``recall_at_10``)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        _faiss().write_index(self.index, str(tmp))
-        tmp.replace(path)
-        meta = {"kind": self.kind, "metric": self.metric, "labels": [_plain(v) for v in self.labels],
-                "paths": list(self.paths), "size": self.size, "dim": int(self.index.d)}
-        meta_tmp = path.with_name(path.name + ".json.tmp")
-        meta_tmp.write_text(json.dumps(meta))
-        meta_tmp.replace(path.with_name(path.name + ".json"))
+        write_faiss_atomically(self.index, path)
+        files: dict[str, str | None] = {"labels_file": None, "paths_file": None}
+        for key, values in (("labels_file", self.labels), ("paths_file", self.paths)):
+            if len(values):
+                name = f"{path.name}.{key.split('_')[0]}.npy"
+                arr = _array_of(values)
+                _replace_atomically(path.with_name(name), lambda tmp, arr=arr: _save_npy(tmp, arr))
+                files[key] = name
+        self.write_sidecar(path, **files, **extra)
         return path
 
+    def write_sidecar(self, path: str | Path, **fields: Any) -> IndexSidecar:
+        """Validate and atomically write the sidecar of ``path`` from this index and ``fields``."""
+        from deepmetric.run_files import write_run_file
+
+        ivf = _faiss().extract_index_ivf(self.index) if self.kind in ("ivf", "ivfpq") else None
+        base: dict[str, Any] = {
+            "kind": self.kind, "metric": self.metric, "dim": self.dim, "count": self.size,
+            "nlist": int(ivf.nlist) if ivf is not None else None,
+            "nprobe": int(ivf.nprobe) if ivf is not None else None,
+            "ef_search": int(self.index.hnsw.efSearch) if self.kind == "hnsw" else None,
+            "hnsw_m": int(self.index.hnsw.nb_neighbors(1)) if self.kind == "hnsw" else None,
+            "pq_m": int(self.index.pq.M) if self.kind == "ivfpq" else None,
+            "pq_bits": int(self.index.pq.nbits) if self.kind == "ivfpq" else None,
+            "build_seconds": round(self.build_seconds, 3),
+        }
+        sidecar = IndexSidecar(**{**base, **fields})
+        write_run_file(sidecar, _sidecar_path(Path(path)))
+        self.sidecar = sidecar
+        return sidecar
+
     @classmethod
-    def load(cls, path: str | Path) -> SearchIndex:
+    def load(cls, path: str | Path, mmap: bool = True) -> SearchIndex:
+        """Open a saved index; with ``mmap`` what faiss can map is mapped (:data:`MMAP_SUPPORT`).
+        Raises :class:`DataError` (one line) when the files are missing, damaged or disagree."""
         path = Path(path)
-        meta_path = path.with_name(path.name + ".json")
-        if not path.is_file() or not meta_path.is_file():
-            raise DataError(f"index not found: {path} (and its {meta_path.name}); build it with 'deepmetric index'")
-        meta = json.loads(meta_path.read_text())
-        index = _faiss().read_index(str(path))
-        if int(index.ntotal) != int(meta["size"]):
-            raise DataError(f"index {path} holds {index.ntotal} items but its metadata says {meta['size']}; rebuild it")
-        return cls(index, meta["kind"], meta["metric"], meta["labels"], meta["paths"])
+        meta = read_sidecar(path)
+        faiss = _faiss()
+        flags = 0
+        if mmap:
+            flags = getattr(faiss, "IO_FLAG_MMAP", 0) if meta.kind in ("ivf", "ivfpq") else getattr(faiss, "IO_FLAG_MMAP_IFC", 0)
+        fix = f"rebuild it with `deepmetric index EMBEDDINGS -o {safe_text(path.name, 80)}`"
+        try:
+            index = faiss.read_index(str(path), flags)
+        except RuntimeError as exc:
+            first = safe_text(str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable", 160)
+            raise DataError(f"index file '{safe_text(path)}' cannot be read by faiss ({first}); {fix}") from None
+        if isinstance(meta, _LegacySidecar):
+            if int(index.ntotal) != meta.size or len(meta.labels) not in (0, meta.size) or len(meta.paths) not in (0, meta.size):
+                raise DataError(f"index {safe_text(path)} holds {index.ntotal} items but its metadata says {meta.size}; {fix}")
+            return cls(index, meta.kind, meta.metric, meta.labels, meta.paths)
+        problem = None
+        if not isinstance(index, _expected_class(meta.kind)):
+            problem = f"the sidecar says kind '{meta.kind}' but the file holds a {type(index).__name__}"
+        elif int(index.metric_type) != _faiss_metric(meta.metric):
+            problem = f"the sidecar says metric '{meta.metric}' but the faiss index uses another metric"
+        elif int(index.d) != meta.dim or int(index.ntotal) != meta.count:
+            problem = (f"the file holds {index.ntotal} items of dimension {index.d} but the sidecar says "
+                       f"{meta.count} of dimension {meta.dim}")
+        elif meta.nlist is not None and int(faiss.extract_index_ivf(index).nlist) != meta.nlist:
+            problem = f"the sidecar says nlist {meta.nlist} but the file has {faiss.extract_index_ivf(index).nlist}"
+        if problem:
+            raise DataError(f"index {safe_text(path)} does not match its sidecar: {problem}; {fix}")
+        labels = _load_column(path, meta.labels_file, meta.count, "labels", fix)
+        paths = _load_column(path, meta.paths_file, meta.count, "paths", fix)
+        set_search_params(index, meta.kind, meta.nprobe, meta.ef_search)
+        return cls(index, meta.kind, meta.metric, labels, paths, meta.build_seconds or 0.0,
+                   meta.nprobe, meta.ef_search, meta)
 
 
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
+def _save_npy(tmp: str, arr: np.ndarray) -> None:
+    with open(tmp, "wb") as handle:
+        np.save(handle, arr, allow_pickle=False)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _load_column(path: Path, name: str | None, count: int, what: str, fix: str) -> Sequence[Any]:
+    if name is None:
+        return []
+    file = path.with_name(name)
+    try:
+        arr = np.load(file, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise DataError(f"the {what} of index {safe_text(path)} ({safe_text(name)}) are missing; {fix}") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"the {what} file {safe_text(name)} of index {safe_text(path)} is unreadable "
+                        f"({type(exc).__name__}); {fix}") from None
+    if arr.ndim != 1 or arr.shape[0] != count or arr.dtype.kind not in "iuU":
+        raise DataError(f"the {what} file {safe_text(name)} holds shape {arr.shape} of {arr.dtype}, not {count} "
+                        f"integers or strings; {fix}")
+    return arr
+
+
+# ---------------------------------------------------------------------------------------------
+# building in memory
 
 
 def build_index(
@@ -122,52 +558,65 @@ def build_index(
     ef_construction: int = 80,
     ef_search: int = 128,
     seed: int = 0,
+    pq_m: int | None = None,
+    pq_bits: int = 8,
 ) -> SearchIndex:
-    """Build a :class:`SearchIndex` over ``embeddings (N, D)``."""
+    """Build a :class:`SearchIndex` over ``embeddings (N, D)`` held in memory (for shards or
+    files larger than memory use :func:`deepmetric.deploy.index_build.build_index_from_source`)."""
     if kind not in INDEX_KINDS:
         raise ConfigError(f"unknown index kind '{kind}'; use one of {', '.join(INDEX_KINDS)}")
     if metric not in ("cosine", "euclidean"):
         raise ConfigError(f"unknown metric '{metric}'; use 'cosine' or 'euclidean'")
-    x = _prepare(np.asarray(embeddings), metric)
+    x = prepare_vectors(np.asarray(embeddings), metric)
     n, dim = x.shape
     if n == 0:
         raise DataError("the embeddings file is empty; nothing to index")
     for name, values in (("labels", labels), ("paths", paths)):
         if values is not None and len(values) != n:
             raise DataError(f"{name} has {len(values)} entries but there are {n} embeddings; they must match")
-    faiss = _faiss()
-    kind = choose_kind(n) if kind == "auto" else kind
-    fmetric = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
-    start = time.perf_counter()
-    if kind == "flat":
-        index = faiss.IndexFlat(dim, fmetric)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, hnsw_m, fmetric)
-        index.hnsw.efConstruction = ef_construction
-        index.hnsw.efSearch = ef_search
-    else:
-        lists = nlist or max(1, min(n // 39, int(4 * math.sqrt(n))))
+    kind = choose_kind(n, dim) if kind == "auto" else kind
+    lists = None
+    if kind in ("ivf", "ivfpq"):
+        lists = nlist or default_nlist(n)
         if lists > n:
             raise ConfigError(f"nlist={lists} exceeds the {n} items; lower nlist")
-        index = faiss.IndexIVFFlat(faiss.IndexFlat(dim, fmetric), dim, lists, fmetric)
+    start = time.perf_counter()
+    index = new_faiss_index(kind, dim, metric, lists, pq_m, pq_bits, hnsw_m, ef_construction)
+    if lists is not None:
+        sample_n = train_sample_size(n, lists, kind)
+        check_pq_sample(kind, sample_n, pq_bits)
         rng = np.random.default_rng(seed)
-        sample = x[rng.choice(n, size=min(n, 64 * lists), replace=False)]  # faiss wants >= 39 per list
-        index.train(sample)
-        index.nprobe = min(nprobe, lists)
+        index.train(x[np.sort(rng.choice(n, size=sample_n, replace=False))])
     index.add(x)
-    return SearchIndex(index, kind, metric, list(labels or []), list(paths or []), time.perf_counter() - start)
+    set_search_params(index, kind, nprobe, ef_search)
+    return SearchIndex(index, kind, metric, list(labels or []), list(paths or []), time.perf_counter() - start,
+                       nprobe if lists else None, ef_search if kind == "hnsw" else None)
+
+
+def check_pq_sample(kind: str, sample: int, pq_bits: int = 8) -> None:
+    """Raise :class:`ConfigError` when an IVF-PQ codebook of ``2**pq_bits`` centroids would train
+    on fewer than 39 points per centroid."""
+    if kind == "ivfpq" and sample < 39 * 2**pq_bits:
+        raise ConfigError(f"IVF-PQ with {pq_bits}-bit codes trains on at least {39 * 2**pq_bits} items, only {sample} "
+                          "are available; use --kind ivf (or flat) for a gallery this small")
 
 
 def recall_against_exact(index: SearchIndex, embeddings: np.ndarray, k: int = 10, n_queries: int = 1000, seed: int = 0) -> float:
     """Mean fraction of the exact top-``k`` neighbours that the index also returns, for
     ``n_queries`` gallery items used as queries (1.0 for a flat index, up to ties)."""
-    from deepmetric.evaluation.knn import knn_search
-
-    x = _prepare(np.asarray(embeddings), index.metric)
+    x = prepare_vectors(np.asarray(embeddings), index.metric)
     rng = np.random.default_rng(seed)
-    picks = rng.choice(len(x), size=min(n_queries, len(x)), replace=False)
+    picks = np.sort(rng.choice(len(x), size=min(n_queries, len(x)), replace=False))
     k = min(k, len(x))
     approx, _ = index.search(x[picks], k)
-    exact = np.asarray(knn_search(x[picks], x, k, metric=index.metric, exclude_self=False).indices)
-    hits = [len(set(a.tolist()) & set(e.tolist())) / k for a, e in zip(approx, exact)]
-    return float(np.mean(hits))
+    exact = new_faiss_index("flat", x.shape[1], index.metric)
+    exact.add(x)
+    _, truth = exact.search(x[picks], k)
+    return recall_of(approx, truth)
+
+
+def recall_of(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over rows of ``|found_row & truth_row| / k`` (``-1`` entries never match)."""
+    k = truth.shape[1]
+    hits = [len(set(a.tolist()) & set(t.tolist()) - {-1}) / k for a, t in zip(found, truth)]
+    return float(np.mean(hits)) if hits else 1.0

@@ -16,7 +16,7 @@ from deepmetric.cli import build_parser, main
 from deepmetric.errors import DataError
 from deepmetric.recipes import PACKAGED_DEMO, find_recipe, list_recipes
 
-SUBCOMMANDS = ["train", "eval", "embed", "search", "index", "report", "recipes", "demo", "calibrate"]
+SUBCOMMANDS = ["train", "eval", "embed", "search", "index", "report", "recipes", "demo", "calibrate", "export"]
 
 
 def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

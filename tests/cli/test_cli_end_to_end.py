@@ -101,3 +101,23 @@ def test_quick_demo_shows_a_real_improvement(quick_run: Path) -> None:
     metrics = json.loads((quick_run / "metrics.json").read_text())
     assert metrics["test_step"] == metrics["steps"] == 40  # the final weights, not the untrained network
     assert metrics["test"]["recall@1"] > metrics["baseline"]["metrics"]["recall@1"] + 0.01
+
+
+def test_eval_on_a_csv_manifest_and_a_nested_tree(quick_run: Path, image_folder: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    rows = ["path,label"] + [f"{p.relative_to(image_folder).as_posix()},{p.parent.name}"
+                             for p in sorted(image_folder.rglob("*.png"))]
+    manifest = image_folder / "manifest.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    assert main(["eval", str(quick_run), "--data", str(manifest), "--json", "--no-progress"]) == 0
+    by_csv = json.loads(capsys.readouterr().out)
+    manifest.unlink()
+    assert main(["eval", str(quick_run), "--data", str(image_folder), "--json", "--no-progress"]) == 0
+    by_folder = json.loads(capsys.readouterr().out)
+    assert by_csv == by_folder  # the same images and labels, two ways of listing them
+    import shutil
+
+    nested = tmp_path / "nested"
+    shutil.copytree(image_folder, nested / "group")
+    assert main(["eval", str(quick_run), "--data", str(nested), "--class-depth", "2", "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out) == by_folder

@@ -53,7 +53,7 @@ def test_save_load_round_trip_and_errors(tmp_path):
     index = build_index(x, kind="hnsw", labels=labels, paths=paths)
     index.save(tmp_path / "g.faiss")
     loaded = SearchIndex.load(tmp_path / "g.faiss")
-    assert loaded.kind == "hnsw" and loaded.labels == labels and loaded.paths == paths
+    assert loaded.kind == "hnsw" and list(loaded.labels) == labels and list(loaded.paths) == paths
     np.testing.assert_array_equal(loaded.search(x[:4], 3)[0], index.search(x[:4], 3)[0])
     with pytest.raises(DataError, match="deepmetric index"):
         SearchIndex.load(tmp_path / "missing.faiss")
@@ -65,4 +65,4 @@ def test_save_load_round_trip_and_errors(tmp_path):
         build_index(np.full((3, 2), np.nan))
     with pytest.raises(InputError, match="dims"):
         index.search(np.zeros((1, 3)), 2)
-    assert [choose_kind(n) for n in (10, 100_000, 5_000_000)] == ["flat", "hnsw", "ivf"]
+    assert [choose_kind(n) for n in (10, 100_000, 5_000_000, 100_000_000)] == ["flat", "hnsw", "ivf", "ivfpq"]
