@@ -453,8 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  deepmetric train recipes/demo_omniglot.yaml\n"
         "  deepmetric train demo_omniglot trainer.steps=200 optimizer.lr=0.0005 --out runs/short\n"
-        "  deepmetric train demo_omniglot --out runs/short --resume trainer.steps=400\n"
-        "  deepmetric train --resume --out runs/short          # continue with the run's own config.yaml\n"
+        "  deepmetric train --resume --out runs/short trainer.steps=400   # continue it with its own config.yaml\n"
         "  deepmetric train rll_sop data.root=/data/Stanford_Online_Products --nproc 4 --out runs/sop\n"
         "  torchrun --nproc_per_node 4 -m deepmetric.cli train rll_sop --out runs/sop   # the same by hand\n\n"
         "overrides are KEY=VALUE pairs with dotted keys (see docs/config.md); values are parsed as YAML.",
@@ -504,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
         "  deepmetric embed runs/demo-X gallery_folder/ -o gallery.npz\n"
         "  deepmetric embed runs/demo-X a.png b.png c.png -o three.npz\n"
         "  deepmetric embed runs/demo-X /data/photos -o gallery_shards --nproc 4 --dtype float16\n"
-        "  deepmetric embed runs/demo-X /data/photos -o gallery_shards --nproc 4 --resume   # after a kill\n"
+        "  deepmetric embed runs/demo-X /data/photos -o gallery_shards --nproc 4 --dtype float16 --resume   # after a kill\n"
         "  torchrun --nnodes 2 --node_rank 0 --master_addr HOST --nproc_per_node 8 -m deepmetric.cli \\\n"
         "      embed runs/demo-X /shared/photos -o /shared/gallery_shards",
     )
