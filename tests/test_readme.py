@@ -1,6 +1,7 @@
 """Every code block of README.md is executed (as a user would, shortened where it trains).
 
-* Python blocks run as they are, in a fresh folder, with one change: the training budget
+* Python blocks run as they are, in order, in one folder (later blocks use the run an earlier one
+  trained; ``a.jpg`` and ``b.jpg`` are put there), with one change: the training budget
   ``trainer.steps=200`` becomes 2 steps on small images.
 * Shell blocks: every ``deepmetric`` line runs through the CLI's ``main``. Lines that train on
   datasets that cannot be here (Stanford Online Products) must fail with ONE line naming the
@@ -28,11 +29,23 @@ SHELL = [line.split(" #")[0].strip() for lang, code in BLOCKS if lang == "bash"
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("code", PYTHON, ids=[f"python-{i}" for i in range(len(PYTHON))])
-def test_readme_python_block_runs(code: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_readme_python_blocks_run_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import zipfile
+
+    from PIL import Image
+
+    from deepmetric.data.omniglot import embedded_omniglot_zip
+
     monkeypatch.chdir(tmp_path)
-    code = code.replace('"trainer.steps=200"', '"trainer.steps=2", "data.image_size=16", "trainer.eval_every=0"')
-    exec(compile(code, str(README), "exec"), {"__name__": "readme"})  # noqa: S102 - our own README
+    with zipfile.ZipFile(embedded_omniglot_zip()) as z:
+        pngs = sorted(n for n in z.namelist() if n.endswith(".png"))[:2]
+        for name, member in zip(("a.jpg", "b.jpg"), pngs):
+            (tmp_path / "x.png").write_bytes(z.read(member))
+            Image.open(tmp_path / "x.png").convert("RGB").save(tmp_path / name)
+    assert len(PYTHON) >= 3
+    for code in PYTHON:
+        code = code.replace('"trainer.steps=200"', '"trainer.steps=2", "data.image_size=16", "trainer.eval_every=0"')
+        exec(compile(code, str(README), "exec"), {"__name__": "readme"})  # noqa: S102 - our own README
 
 
 @pytest.mark.parametrize("line", SHELL, ids=SHELL)
