@@ -222,7 +222,8 @@ def test_every_recipe_and_loader_has_a_generator() -> None:
     assert RECIPES, f"no recipes found in {REPO / 'recipes'}"
     problems = [p for p in (_missing_generator(path, _read_recipe(path)) for path in RECIPES) if p]
     problems += [f"data.name={name} is registered but has no generator in tests/recipe_layouts.py"
-                 for name in DATASETS if name not in GENERATORS]
+                 for name in DATASETS
+                 if name not in GENERATORS and str(DATASETS[name]).startswith("deepmetric.")]  # shipped loaders
     assert not problems, "\n".join(problems)
 
 

@@ -96,8 +96,8 @@ def _args(line: str, sandbox: Path) -> list[str]:
     words = shlex.split(line.replace("/data/photos", str(sandbox / "data" / "photos")).replace("<name>", "demo_omniglot"))
     if words[1] == "train" and "Stanford_Online_Products" not in line:
         words += FAST_TRAIN
-    if words[1] == "demo":
-        words += ["--steps", "2", "--no-progress"]
+    if words[1] == "demo":  # one thread: the test runs beside others on a shared machine
+        words += ["--steps", "2", "--no-progress", "--threads", "1"]
     if "--nproc" in words and words[1] == "embed" and "--resume" not in words:
         words[words.index("-o") + 1] = "gallery_shards_new"  # the sandbox's shard folder is taken
     if "--nproc" in words and words[1] == "embed" and "--resume" in words:

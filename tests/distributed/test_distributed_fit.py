@@ -100,9 +100,11 @@ def test_two_process_fit_equals_single_process(tmp_path, loss, monkeypatch):
 
     mp.start_processes(worker, args=(2, str(tmp_path / "init"), str(tmp_path / "ddp"), loss), nprocs=2,
                        start_method="spawn")
-    register()
-    from deepmetric.data.registry import SAMPLERS
+    from deepmetric.data.registry import DATASETS, SAMPLERS
+    from deepmetric.models.registry import MODELS
 
+    monkeypatch.setitem(DATASETS, "toy", toy_dataset)  # registered for this test only
+    monkeypatch.setitem(MODELS, "toy", ToyModel)
     monkeypatch.setitem(SAMPLERS, "pk", PairedSampler)
     fit(config(loss), tmp_path / "single", progress=False)
     two = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")
