@@ -208,7 +208,8 @@ def nearest_centroid_predictions(
     return classes[preds]
 
 
-def _as_tensor(x: Any, name: str) -> Tensor:
+def as_tensor(x: Any, name: str) -> Tensor:
+    """``x`` (a tensor, numpy array, list or tuple) as a tensor; anything else is an InputError naming it."""
     if isinstance(x, (list, tuple)):
         x = torch.as_tensor(x)
     if isinstance(x, np.ndarray):
@@ -216,6 +217,9 @@ def _as_tensor(x: Any, name: str) -> Tensor:
     if not isinstance(x, Tensor):
         raise InputError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
     return x
+
+
+_as_tensor = as_tensor
 
 
 def _checked(embeddings: Any, labels: Any, name: str) -> tuple[Tensor, Tensor]:

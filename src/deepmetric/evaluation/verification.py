@@ -146,17 +146,8 @@ def check_rate(value: float, name: str = "rate") -> float:
 # ------------------------------------------------------------------------------------ pairs
 
 
-def _as_tensor(x: Any, name: str) -> Tensor:
-    if isinstance(x, (list, tuple)):
-        x = torch.as_tensor(x)
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    if not isinstance(x, Tensor):
-        raise InputError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}")
-    return x
-
-
 def _checked(x: Any, y: Any, name: str) -> tuple[Tensor, Tensor]:
+    from deepmetric.evaluation.metrics import as_tensor as _as_tensor
     from deepmetric.functional import check_embeddings
 
     emb = _as_tensor(x, name)
