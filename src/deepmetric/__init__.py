@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
     from deepmetric.deploy import Embedder
 
-__version__ = "0.1.0"
+from deepmetric.version import __version__
 
 __all__ = ["ConfigError", "DataError", "DeepMetricError", "InputError", "__version__", "load"]
 

@@ -148,7 +148,7 @@ class Embedder(nn.Module):
     @classmethod
     def from_model(cls, model: nn.Module, config: Any, checkpoint: CheckpointRef) -> Embedder:
         """An Embedder around ``model`` (weights loaded) trained with run ``config``."""
-        from deepmetric import __version__
+        from deepmetric.version import __version__
 
         graph = embedding_graph(model)
         image = audio = None
