@@ -11,6 +11,9 @@ Attributes shared by all image datasets:
 
 Without a ``transform`` an item's image is a float tensor in [0, 1] of its own size; pass the
 model's ``train_transform()`` / ``eval_transform()`` to get batches of one size.
+
+``cache`` (None by default) is set by :func:`deepmetric.data.cache.attach_cache` (``data.cache``):
+items are then made from the cached decoded pixels instead of :meth:`ImageDataset.read`.
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ def index_labels(keys: Sequence[Hashable], names: Sequence[str] | None = None) -
 class ImageDataset(Dataset):
     """Base class: subclasses implement :meth:`read` (item index -> PIL image)."""
 
+    #: decoded-pixel cache the items are made from (:mod:`deepmetric.data.cache`); None = read()
+    cache: Any = None
+
     def __init__(
         self,
         labels: Sequence[int],
@@ -88,9 +94,10 @@ class ImageDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        image = self.read(index)
         transform = self.transform if self.transform is not None else _TO_TENSOR
-        return transform(image), self.labels[index]
+        if self.cache is not None:
+            return self.cache.item(index, transform), self.labels[index]
+        return transform(self.read(index)), self.labels[index]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(items={len(self)}, classes={self.num_classes}, skipped={self.skipped})"
