@@ -89,7 +89,7 @@ class DataConfig(_Section):
     num_workers: int | Literal["auto"] = Field(
         "auto",
         description="data-loading worker processes (0 = main process); 'auto' = chosen for the machine and "
-        "the data (0 when the training items are cached or in memory, else min(4, CPU cores - 1)), said in the log",
+        "the data (0 when data.cache is set and training runs on the CPU, else min(4, CPU cores - 1)), said in the log",
     )
     cache: Literal["none", "memory", "disk"] = Field(
         "none",

@@ -158,7 +158,7 @@ def test_accuracy_bench_times_fit_evaluations_through_the_run_hook() -> None:
     assert params == ["self", "dataset", "split"]
 
 
-@pytest.mark.parametrize("name", ["bench_accuracy_vs_pml", "bench_throughput"])
+@pytest.mark.parametrize("name", ["bench_accuracy_vs_pml", "bench_step"])
 def test_batches_never_ask_for_more_classes_than_the_training_split_has(name: str) -> None:
     """Every dataset's P fits its training classes (RSSCN7: 7 scene classes, 3 held out)."""
     bench = acc if name == "bench_accuracy_vs_pml" else _load(name)
