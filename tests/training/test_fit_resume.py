@@ -99,3 +99,11 @@ def test_worker_processes_do_not_change_the_result(tmp_path: Path) -> None:
     fit(toy_config("data.num_workers=0", "trainer.steps=4"), tmp_path / "w0", progress=False)
     fit(toy_config("data.num_workers=2", "trainer.steps=4"), tmp_path / "w2", progress=False)
     assert _same(_weights(tmp_path / "w0"), _weights(tmp_path / "w2"))
+
+
+def test_fit_leaves_the_process_determinism_settings_as_they_were(tmp_path: Path) -> None:
+    import torch.utils.deterministic as det
+
+    before = (torch.are_deterministic_algorithms_enabled(), det.fill_uninitialized_memory)
+    fit(toy_config("trainer.steps=1"), tmp_path / "r", progress=False, report=False)
+    assert (torch.are_deterministic_algorithms_enabled(), det.fill_uninitialized_memory) == before

@@ -636,6 +636,8 @@ def _fit_locked(
     if main:
         _remove_temporaries(paths)
     previous = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    fill = getattr(torch.utils, "deterministic", None)
+    previous_fill = getattr(fill, "fill_uninitialized_memory", None)
     try:
         try:
             run = _Run(config, paths.root, resume, progress)
@@ -669,3 +671,5 @@ def _fit_locked(
         return summary
     finally:  # leave the process's global determinism setting as it was
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        if previous_fill is not None:  # seed_everything turns it off for speed: give it back
+            fill.fill_uninitialized_memory = previous_fill
