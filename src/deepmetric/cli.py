@@ -354,6 +354,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         for note in c.notes:
             print(f"note: {note}", file=sys.stderr)
     print(f"calibration written to {path}", file=sys.stderr)
+    if (path.parent / "report.html").is_file():  # mark the calibrated point in the run's report
+        from deepmetric.evaluation.report import write_report
+
+        try:
+            print(f"report updated: {write_report(path.parent)}", file=sys.stderr)
+        except (DeepMetricError, OSError, ValueError) as exc:  # the calibration itself succeeded
+            print(f"warning: report.html could not be refreshed ({_one_line(str(exc))}); "
+                  f"run 'deepmetric report {path.parent}' to retry", file=sys.stderr)
     return 0
 
 
@@ -557,7 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
         "calibrate", help="pick a matching threshold on a run's validation split", formatter_class=_Formatter,
         description="Embed the run's validation split, score every pair of its items (genuine = same class) and "
         "choose the similarity/distance threshold meeting a false accept rate (--far) or a pair precision "
-        "(--precision); writes RUN/calibration.json for `deepmetric search --match`.",
+        "(--precision); writes RUN/calibration.json for `deepmetric search --match` and, when the run has a "
+        "report.html, refreshes it to mark the threshold on the test ROC and precision-recall curves.",
         epilog="examples:\n"
         "  deepmetric calibrate runs/demo-X                 # FAR 1e-3\n"
         "  deepmetric calibrate runs/demo-X --precision 0.99\n"

@@ -14,7 +14,8 @@ from deepmetric.errors import DataError
 from deepmetric.evaluation import plots
 from deepmetric.evaluation.report import finite_metrics, write_report
 
-EXPECTED = {"loss.png", "metrics.png", "recall_at_k.png", "projection.png", "retrieval.png"}
+EXPECTED = {"loss.png", "metrics.png", "recall_at_k.png", "projection.png", "retrieval.png",
+            "verification_roc.png", "verification_pr.png"}
 
 
 def fit_shaped(run: Path) -> Path:

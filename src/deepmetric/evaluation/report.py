@@ -9,8 +9,11 @@ It reads only files of the run folder (see docs/run_folder.md):
 * ``metrics.json``           read through :func:`deepmetric.run_files.read_metrics`: evaluations,
                              baseline, best checkpoint, test metrics, class names, warnings
                              -> metric curves, Recall@K chart, summary table
-* ``test_embeddings.npz``    embeddings, labels, paths of the test split -> 2-D projection
-                             and retrieval grid
+* ``test_embeddings.npz``    embeddings, labels, paths of the test split -> 2-D projection,
+                             retrieval grid, ROC and precision-recall of the test pairs
+* ``calibration.json``       (after ``deepmetric calibrate``) the matching threshold, marked on
+                             those two curves where it lands on the test pairs
+                             (:mod:`deepmetric.evaluation.verification_plots`)
 * ``test_predictions.npz``   (classification runs) ``labels``, ``predictions`` and optionally
                              ``class_names`` -> confusion matrix and per-class table
 * ``figures/*.png``          extra figures written by an experiment pipeline, shown after the
@@ -58,6 +61,7 @@ from deepmetric.run_files import METRICS_FILE, SUMMARY_FILE, MetricsFile, read_m
 if TYPE_CHECKING:
     from deepmetric.config import Config
     from deepmetric.embeddings_io import EmbeddingSet
+    from deepmetric.evaluation.verification_plots import VerificationCurves
 
 PLOTS_DIR = "plots"
 
@@ -125,6 +129,7 @@ class RunData:
     predictions: tuple[np.ndarray, np.ndarray, list[str] | None] | None = None
     class_names: list[str] | None = None
     confusion: np.ndarray | None = None
+    verification: VerificationCurves | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -150,12 +155,13 @@ def _read_embeddings(data: RunData) -> None:
 
     path = data.run_dir / "test_embeddings.npz"
     if not path.is_file():
-        data.notes.append("no test_embeddings.npz: embedding map and retrieval grid skipped")
+        data.notes.append("no test_embeddings.npz: embedding map, retrieval grid and verification curves skipped")
         return
     try:
         data.embeddings = load_embeddings(path)
     except DataError as exc:
-        data.notes.append(f"test_embeddings.npz could not be read ({problem(exc)}): embedding map and retrieval grid skipped")
+        data.notes.append(f"test_embeddings.npz could not be read ({problem(exc)}): embedding map, retrieval grid and "
+                          "verification curves skipped")
 
 
 def _read_predictions(data: RunData) -> None:
@@ -342,6 +348,22 @@ def _embedding_plots(data: RunData, out_dir: Path, made: dict[str, Path], seed: 
         )
 
 
+def _verification_plots(data: RunData, out_dir: Path, made: dict[str, Path], seed: int) -> None:
+    emb = data.embeddings
+    if emb is None:
+        return
+    from deepmetric.evaluation import verification_plots
+
+    metric = data.config.eval.metric if data.config is not None else "cosine"
+    try:
+        data.verification = verification_plots.run_curves(data.run_dir, emb.embeddings, emb.labels, metric=metric, seed=seed)
+    except DataError as exc:
+        data.notes.append(f"ROC and precision-recall curves skipped ({problem(exc)})")
+        return
+    data.notes += data.verification.notes
+    made.update(verification_plots.plot_curves(data.verification, out_dir))
+
+
 def make_plots(data: RunData, seed: int = 0) -> dict[str, Path]:
     """Write every plot the run folder has data for into ``plots/``; returns {name: png} (and
     adds to ``data.notes`` what is missing). ``figure:<stem>`` entries are ``figures/*.png``."""
@@ -351,6 +373,7 @@ def make_plots(data: RunData, seed: int = 0) -> dict[str, Path]:
     _curves_plot(data, out_dir, made)
     _recall_plot(data, out_dir, made)
     _embedding_plots(data, out_dir, made, seed)
+    _verification_plots(data, out_dir, made, seed)
     if data.confusion is not None:
         made["confusion"] = plots.plot_confusion_matrix(data.confusion, out_dir / "confusion_matrix.png", data.class_names)
     figures = data.run_dir / FIGURES_DIR
@@ -431,6 +454,19 @@ def _confusion_section(data: RunData, made: Mapping[str, Path]) -> list[str]:
     return parts
 
 
+def _verification_section(data: RunData, made: Mapping[str, Path]) -> list[str]:
+    if data.verification is None or "verification_roc" not in made:
+        return []
+    from deepmetric.evaluation.verification_plots import caption
+
+    e = html.escape
+    checkpoint = data.config.eval.checkpoint if data.config is not None else None
+    images = "".join(f"<img src='{e(made[k].relative_to(data.run_dir).as_posix())}' alt='{e(alt)}'>"
+                     for k, alt in (("verification_roc", "ROC"), ("verification_pr", "Precision-recall")) if k in made)
+    return [f"<h2>Verification: ROC and precision-recall of the test pairs</h2>"
+            f"<p class='note'>{e(caption(data.verification, data.run_dir, checkpoint))}</p>{images}"]
+
+
 def _figure_caption(data: RunData, png: Path) -> str:
     path = png.with_suffix(".txt")
     if not path.is_file():
@@ -452,6 +488,7 @@ def render_html(data: RunData, made: Mapping[str, Path]) -> str:
         if key in made:
             parts.append(_image(data.run_dir, made[key], *CAPTIONS[key]))
     parts += _confusion_section(data, made)
+    parts += _verification_section(data, made)
     for key, png in made.items():
         if key.startswith("figure:"):
             title = png.stem.replace("_", " ").replace("-", " ").capitalize()
