@@ -620,7 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="export a trained model to ONNX, torch.export or TorchScript", formatter_class=_Formatter,
         description="Write the evaluation embedding of a run (its best checkpoint) as one file: ONNX (.onnx), "
         "torch.export (.pt2) or TorchScript (.ts), by the file suffix. The file takes preprocessed inputs "
-        "(images (batch, C, H, W); audio: log-mel features (batch, frames, n_mels) and lengths (batch,)) "
+        "(images (batch, C, H, W); audio: log-mel features (batch, frames, n_mels) and lengths (batch,); "
+        "video re-ID tracklets: clips (batch, frames, C, H, W) and a frame mask (batch, frames)) "
         "with a dynamic batch axis, and is checked against PyTorch at another batch size before it is "
         "written. FILE.json describes the inputs: size, channels, mean, std, interpolation, resize and "
         "crop rule (or the audio front end), embedding size, normalisation, model and checkpoint. "

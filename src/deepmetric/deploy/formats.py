@@ -8,7 +8,8 @@
 
 :func:`resolve_format` picks the format from the file suffix unless one is given (aliases: ``pt2``
 for ``export``, ``ts`` for ``torchscript``). Every writer exports a dynamic batch axis unless
-``static_batch`` fixes it (and, for audio, always a dynamic frame axis); each returns nothing and
+``static_batch`` fixes it (and always a dynamic frame axis, ``"frames"``, on the inputs a graph
+names in ``frame_axes``: audio features, clips and their mask); each returns nothing and
 raises on failure, and :func:`runner` gives ``run(inputs) -> numpy embeddings`` for a written file.
 Whether the file really accepts other batch sizes is checked by :mod:`deepmetric.deploy.export`.
 """
@@ -26,7 +27,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from deepmetric.deploy.graph import AudioGraph
 from deepmetric.errors import InputError
 
 __all__ = ["FORMATS", "ONNX_OPSET", "SUFFIXES", "example_batch", "require_onnx", "resolve_format", "runner", "write"]
@@ -86,8 +86,8 @@ def _write_onnx(graph: nn.Module, example: tuple[Tensor, ...], path: Path, stati
     axes: dict[str, dict[int, str]] = {}
     for name in _names(graph):
         axes[name] = {} if static_batch else {0: "batch"}
-    if isinstance(graph, AudioGraph):
-        axes["features"][1] = "frames"
+        if name in graph.frame_axes:
+            axes[name][graph.frame_axes[name]] = "frames"
     if not static_batch:
         axes["embedding"] = {0: "batch"}
     # torch >= 2.9 defaults to the torch.export-based exporter, which needs onnxscript; the
@@ -132,15 +132,16 @@ def _write_export(graph: nn.Module, example: tuple[Tensor, ...], path: Path, sta
     from torch.export import Dim
 
     batch = None if static_batch else Dim("batch")
-    shapes: tuple[dict[int, Any] | None, ...]
-    if isinstance(graph, AudioGraph):
-        frames = Dim("frames", min=2)  # one frame would be specialised by the pooling layers
-        shapes = ({0: batch, 1: frames} if batch else {1: frames}, {0: batch} if batch else None)
-    else:
-        shapes = ({0: batch} if batch else None,)
+    frames = Dim("frames", min=int(graph.min_frames)) if graph.frame_axes else None
+    shapes: list[dict[int, Any] | None] = []
+    for name in _names(graph):
+        dims: dict[int, Any] = {} if batch is None else {0: batch}
+        if frames is not None and name in graph.frame_axes:
+            dims[graph.frame_axes[name]] = frames
+        shapes.append(dims or None)
     with quiet(), _size_one_is_generic():
         non_strict = {"strict": False} if "strict" in inspect.signature(torch.export.export).parameters else {}
-        program = torch.export.export(graph, example, dynamic_shapes=shapes, **non_strict)
+        program = torch.export.export(graph, example, dynamic_shapes=tuple(shapes), **non_strict)
     torch.export.save(program, str(path))
 
 

@@ -9,6 +9,12 @@ exactly as training and evaluation read files (EXIF orientation, 16-bit grey, tr
 * a tensor ``C x H x W`` (C in 1, 3, 4) or ``H x W``: ``uint8`` pixels, or floats in [0, 1]
   (``torchvision.transforms.ToTensor``'s output), which are rounded to 8-bit pixels first.
 
+Clips of the tracklet model (:func:`as_clip`, then :func:`as_frame` for each frame): a list or
+tuple of frames -- each a path, a PIL image, a uint8 array or a tensor as above -- or all frames in
+one ``T x H x W x C`` uint8 array or ``T x C x H x W`` tensor. Frames are decoded as the tracklet
+datasets decode them (:func:`deepmetric.data.tracklets.load_frame`: a plain RGB conversion), so a
+clip embeds as its frames embedded in evaluation. An empty clip is an error.
+
 Audio (:func:`as_waveform`): a path to an audio file (read with
 :func:`deepmetric.data.audio_io.load_wav` and resampled to the model's rate), or a 1-D float
 waveform (numpy array or tensor, values in [-1, 1]) already at the model's sample rate; ``int16``
@@ -29,9 +35,13 @@ from torch import Tensor
 from deepmetric.data.image_io import load_image, to_mode
 from deepmetric.errors import InputError
 
-__all__ = ["IMAGE_ITEMS", "WAVEFORM_ITEMS", "as_image", "as_waveform", "type_name"]
+__all__ = ["CLIP_ITEMS", "IMAGE_ITEMS", "WAVEFORM_ITEMS", "as_clip", "as_frame", "as_image", "as_waveform", "type_name"]
 
 IMAGE_ITEMS = "PIL images, image file paths, H x W x C uint8 numpy arrays or C x H x W tensors"
+CLIP_ITEMS = (
+    "clips: lists of frames (PIL images, image file paths, H x W x C uint8 numpy arrays or C x H x W tensors), "
+    "or T x H x W x C uint8 arrays or T x C x H x W tensors of frames"
+)
 WAVEFORM_ITEMS = "audio file paths, or 1-D float waveforms (numpy arrays or tensors) at the model's sample rate"
 
 
@@ -45,11 +55,11 @@ def _is_path(item: Any) -> bool:
     return isinstance(item, (str, os.PathLike))
 
 
-def _pixels(array: np.ndarray, index: int) -> Image.Image:
+def _pixels(array: np.ndarray, name: str) -> Image.Image:
     """``H x W`` or ``H x W x C`` uint8 pixels -> a PIL image (grey, RGB or RGBA)."""
     if array.dtype != np.uint8:
         raise InputError(
-            f"item {index} is a numpy array of dtype {array.dtype}; pass uint8 pixels (0..255), "
+            f"{name} is a numpy array of dtype {array.dtype}; pass uint8 pixels (0..255), "
             "e.g. np.asarray(pil_image) or (array * 255).round().astype(np.uint8)"
         )
     if array.ndim == 3 and array.shape[2] == 1:
@@ -59,29 +69,29 @@ def _pixels(array: np.ndarray, index: int) -> Image.Image:
     if array.ndim == 3 and array.shape[2] in (3, 4):
         return Image.fromarray(np.ascontiguousarray(array), "RGB" if array.shape[2] == 3 else "RGBA")
     raise InputError(
-        f"item {index} is a numpy array of shape {tuple(array.shape)}; pass an image as H x W x C pixels "
+        f"{name} is a numpy array of shape {tuple(array.shape)}; pass an image as H x W x C pixels "
         "(C = 1, 3 or 4) or H x W grey pixels"
     )
 
 
-def _tensor_pixels(tensor: Tensor, index: int) -> Image.Image:
+def _tensor_pixels(tensor: Tensor, name: str) -> Image.Image:
     """A ``C x H x W`` (or ``H x W``) tensor -> a PIL image, through 8-bit pixels."""
     if tensor.dim() == 3 and tensor.shape[0] in (1, 3, 4):
         tensor = tensor.permute(1, 2, 0)
     elif tensor.dim() != 2:
         raise InputError(
-            f"item {index} is a tensor of shape {tuple(tensor.shape)}; pass an image as C x H x W "
+            f"{name} is a tensor of shape {tuple(tensor.shape)}; pass an image as C x H x W "
             "(C = 1, 3 or 4) or H x W"
         )
     tensor = tensor.detach().cpu()
     if tensor.dtype == torch.uint8:
-        return _pixels(tensor.numpy(), index)
+        return _pixels(tensor.numpy(), name)
     if not tensor.is_floating_point():
         raise InputError(
-            f"item {index} is a tensor of dtype {tensor.dtype}; pass uint8 pixels or floats in [0, 1]"
+            f"{name} is a tensor of dtype {tensor.dtype}; pass uint8 pixels or floats in [0, 1]"
         )
     pixels = (tensor.float() * 255.0).round().clamp(0, 255).to(torch.uint8)
-    return _pixels(pixels.numpy(), index)
+    return _pixels(pixels.numpy(), name)
 
 
 def as_image(item: Any, mode: str = "RGB", index: int = 0) -> Image.Image:
@@ -91,10 +101,49 @@ def as_image(item: Any, mode: str = "RGB", index: int = 0) -> Image.Image:
     if isinstance(item, Image.Image):
         return to_mode(item, mode)
     if isinstance(item, np.ndarray):
-        return to_mode(_pixels(item, index), mode)
+        return to_mode(_pixels(item, f"item {index}"), mode)
     if isinstance(item, Tensor):
-        return to_mode(_tensor_pixels(item, index), mode)
+        return to_mode(_tensor_pixels(item, f"item {index}"), mode)
     raise InputError(f"item {index} is a {type_name(item)}; an image model embeds {IMAGE_ITEMS}")
+
+
+def as_clip(item: Any, index: int = 0) -> list[Any]:
+    """The frames of clip ``item`` (see the module docstring), not yet decoded; ``index`` names it
+    in errors. Only the clip's type and length are checked here."""
+    if isinstance(item, (list, tuple)) or (isinstance(item, (np.ndarray, Tensor)) and item.ndim == 4):
+        frames = list(item)
+    elif isinstance(item, (np.ndarray, Tensor)):
+        raise InputError(
+            f"item {index} is a {type_name(item)} of shape {tuple(item.shape)}; a tracklet model embeds {CLIP_ITEMS} "
+            "(wrap a single frame as a clip: [frame])"
+        )
+    else:
+        raise InputError(
+            f"item {index} is a {type_name(item)}; a tracklet model embeds {CLIP_ITEMS} "
+            "(wrap a single clip: embed([clip]))"
+        )
+    if not frames:
+        raise InputError(f"item {index} is an empty clip; pass at least one frame")
+    return frames
+
+
+def as_frame(frame: Any, index: int = 0, position: int = 0) -> Image.Image:
+    """Frame ``position`` of clip ``index`` as an RGB PIL image, decoded as the tracklet datasets
+    decode frames (see the module docstring)."""
+    from deepmetric.data.tracklets import load_frame
+
+    name = f"item {index} frame {position}"
+    if _is_path(frame):
+        if not Path(frame).is_file():
+            raise InputError(f"{name}: image {frame} does not exist; pass existing image files")
+        return load_frame(Path(frame))
+    if isinstance(frame, Image.Image):
+        return load_frame(frame)
+    if isinstance(frame, np.ndarray):
+        return _pixels(frame, name).convert("RGB")
+    if isinstance(frame, Tensor):
+        return _tensor_pixels(frame, name).convert("RGB")
+    raise InputError(f"{name} is a {type_name(frame)}; a clip's frames are {IMAGE_ITEMS}")
 
 
 def as_waveform(item: Any, sample_rate: int | None, index: int = 0) -> Tensor:

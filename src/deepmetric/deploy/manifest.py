@@ -1,13 +1,16 @@
 """What a deployed model expects and computes: the pydantic records behind ``<file>.json``.
 
 * :class:`ModelCard` describes a trained model as :func:`deepmetric.load` sees it: the input kind
-  (``image`` or ``audio_features``), how raw items become that input (:class:`ImageInput`: channels,
-  size, resize and crop rule, interpolation, mean and std; :class:`AudioInput`: sample rate and
-  log-mel front end), the embedding size, whether embeddings are unit-norm, the run's
-  ``model.name``, the deepmetric version and the checkpoint the weights came from.
+  (``image``, ``audio_features`` or ``tracklet``), how raw items become that input
+  (:class:`ImageInput`: channels, size, resize and crop rule, interpolation, mean and std -- for
+  the tracklet model, of each frame; :class:`AudioInput`: sample rate and log-mel front end;
+  :class:`TrackletInput`: how clips of frames are batched), the embedding size, whether
+  embeddings are unit-norm, the run's ``model.name``, the deepmetric version and the checkpoint
+  the weights came from.
 * :class:`ExportManifest` adds what an exported file needs: its format, the names, shapes and
   dtypes of its inputs and outputs (``"batch"`` / ``"frames"`` name dynamic axes), the batch rule,
-  and the check that was run (the exported program against PyTorch at another batch size).
+  and the check that was run (the exported program against PyTorch at another batch size and, for
+  audio and clips, another frame count; for clips also that padded frames are ignored).
 
 The manifest is written beside the exported file as ``<file>.json`` (``model.onnx`` ->
 ``model.onnx.json``) and read back with :meth:`ExportManifest.read`.
@@ -28,11 +31,12 @@ __all__ = [
     "InputKind",
     "ModelCard",
     "TensorSpec",
+    "TrackletInput",
     "Verification",
     "manifest_path",
 ]
 
-InputKind = Literal["image", "audio_features"]
+InputKind = Literal["image", "audio_features", "tracklet"]
 ExportFormat = Literal["onnx", "export", "torchscript"]
 
 
@@ -82,6 +86,19 @@ class AudioInput(_Record):
     rule: str
 
 
+class TrackletInput(_Record):
+    """How clips become the tracklet model's ``(clips (B, T, C, H, W), mask (B, T) bool)`` input:
+    a clip is a sequence of at least ``min_frames`` frames, each decoded to RGB (a plain
+    conversion, as the tracklet datasets read frames) and prepared by the card's ``image`` record
+    (resize to exactly its height x width, scale, normalise); a batch is zero-padded to its
+    longest clip and ``mask`` is True on the real frames. Padded frames do not change an
+    embedding."""
+
+    min_frames: int = 1
+    mask_dtype: str = "bool"
+    rule: str
+
+
 class CheckpointRef(_Record):
     """The weights: run folder, checkpoint name (``best`` / ``last``), file, training step, SHA-256."""
 
@@ -98,6 +115,7 @@ class ModelCard(_Record):
     input_kind: InputKind
     image: ImageInput | None = None
     audio: AudioInput | None = None
+    tracklet: TrackletInput | None = None
     embedding_dim: int
     normalize: bool
     model_name: str
@@ -120,6 +138,8 @@ class Verification(_Record):
     export_batch: int
     checked_batches: list[int]
     checked_frames: list[int] | None = None
+    #: clips: whether padded clips were checked against their real frames embedded alone
+    padding_checked: bool | None = None
     max_abs_diff: float
     tolerance: float
 

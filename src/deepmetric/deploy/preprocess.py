@@ -10,8 +10,14 @@
   change an embedding: the audio model ignores padding). A 2-D ``(frames, n_mels)`` array or tensor
   is taken as features already computed.
 
-:func:`describe_image_transform` and :func:`audio_frontend` say the same in the records of
-:mod:`deepmetric.deploy.manifest`.
+* :class:`TrackletPreprocessor`: a clip (a list of frames, see :mod:`deepmetric.deploy.items`) ->
+  ``(n_frames, C, H, W)``, each frame through the run's evaluation frame pipeline
+  (:func:`deepmetric.data.tracklets.frame_pipeline`: resize to the ``data.params`` height x width,
+  then the model's ``eval_transform()``); :meth:`~TrackletPreprocessor.collate` pads a batch to
+  its longest clip and returns ``(clips, mask)`` like :func:`deepmetric.data.tracklets.pad_tracklets`.
+
+:func:`describe_image_transform`, :func:`audio_frontend` and :func:`tracklet_frontend` say the same
+in the records of :mod:`deepmetric.deploy.manifest`.
 """
 
 from __future__ import annotations
@@ -25,16 +31,18 @@ import torch
 from torch import Tensor
 from torchvision import transforms as T
 
-from deepmetric.deploy.items import as_image, as_waveform
-from deepmetric.deploy.manifest import AudioInput, ImageInput
+from deepmetric.deploy.items import as_clip, as_frame, as_image, as_waveform
+from deepmetric.deploy.manifest import AudioInput, ImageInput, TrackletInput
 from deepmetric.errors import ConfigError, InputError
 
 __all__ = [
     "MIN_FRAMES",
     "AudioPreprocessor",
     "ImagePreprocessor",
+    "TrackletPreprocessor",
     "audio_frontend",
     "describe_image_transform",
+    "tracklet_frontend",
 ]
 
 #: the fewest frames an audio batch is padded to (exported graphs specialise a single frame)
@@ -127,6 +135,36 @@ def audio_frontend(config: Any, n_mels: int) -> AudioInput:
     )
 
 
+def tracklet_frontend(config: Any, model: Any) -> tuple[ImageInput, TrackletInput, Any]:
+    """``(frame record, clip record, frame transform)`` of a tracklet run: frames resized to the
+    ``data.params`` height x width (else the dataset loader's defaults, else 256 x 128), then the
+    model's ``eval_transform()`` (:class:`~deepmetric.data.tracklets.FrameNormalize`: the
+    backbone's mean and std, grey when it has one channel) -- the pipeline its evaluation ran."""
+    from deepmetric.data.reid_datasets import tracklet_split_dataset
+    from deepmetric.data.tracklets import frame_pipeline
+
+    defaults = {p.name: p.default for p in inspect.signature(tracklet_split_dataset).parameters.values()}
+    values = {**defaults, **_loader_defaults(config.data.name), **dict(config.data.params)}
+    height, width = int(values["height"]), int(values["width"])
+    normalize = model.eval_transform()
+    transform = frame_pipeline(height, width, train=False, transform=normalize)
+    mean, std = [float(v) for v in normalize.mean], [float(v) for v in normalize.std]
+    channels = len(mean)
+    mode = "L" if channels == 1 else "RGB"
+    frame = ImageInput(
+        channels=channels, height=height, width=width, mode=mode, resize_shorter_side=None,
+        resize_to=[height, width], interpolation="bilinear", center_crop=[height, width], mean=mean, std=std,
+        rule=(f"each frame: convert to RGB{' then L' if mode == 'L' else ''}, resize to {height} x {width} px "
+              f"(bilinear), scale pixels to [0, 1], subtract mean {mean}, divide by std {std}"),
+        transform=" ".join(repr(transform).split()),
+    )
+    clip = TrackletInput(rule=(
+        "a clip is a list of >= 1 frames, each prepared as the image rule says; zero-pad a batch to its longest "
+        "clip -> clips (B, T, C, H, W), mask (B, T) bool True on the real frames"
+    ))
+    return frame, clip, transform
+
+
 class ImagePreprocessor:
     """``item -> (C, H, W)`` tensor with the model's evaluation transform (see the module docstring)."""
 
@@ -199,3 +237,34 @@ class AudioPreprocessor:
         for row, f in enumerate(features):
             padded[row, : f.shape[0]] = f
         return padded, lengths
+
+
+class TrackletPreprocessor:
+    """``clip -> (n_frames, C, H, W)`` with the run's evaluation frame pipeline (see the module docstring)."""
+
+    kind = "tracklet"
+
+    def __init__(self, transform: Any) -> None:
+        self.transform = transform
+
+    def __call__(self, item: Any, index: int = 0) -> Tensor:
+        frames = as_clip(item, index)
+        return torch.stack([self.transform(as_frame(frame, index, j)) for j, frame in enumerate(frames)])
+
+    def check(self, item: Any, index: int) -> None:
+        """Raise the one-line error of a clip of the wrong type, an empty clip or a frame of the
+        wrong type (cheap: nothing is decoded)."""
+        import os
+
+        from PIL import Image
+
+        for position, frame in enumerate(as_clip(item, index)):
+            if not isinstance(frame, (str, os.PathLike, Image.Image, np.ndarray, Tensor)):
+                as_frame(frame, index, position)
+
+    @staticmethod
+    def collate(clips: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        from deepmetric.data.tracklets import pad_tracklets
+
+        (padded, mask), _ = pad_tracklets([(clip, 0) for clip in clips])
+        return padded, mask
