@@ -231,7 +231,7 @@ def calibrate_run(
             "split would bias its results; retrain with data.val_fraction=0.2"
         )
     dev = resolve_device(device)
-    model, _, config = load_trained(run_dir, which=which, device=dev)
+    model, _, config = load_trained(run_dir, which=which, device=dev, with_loss=False)
     splits = build_datasets(config, model)
     if splits.val is None or len(splits.val) == 0:
         raise DataError(f"run '{run_dir}' has an empty validation split; retrain with data.val_fraction=0.2")

@@ -62,7 +62,7 @@ def load_model(source: str | Path, device: str = "auto") -> tuple[Any, Any, Path
     from deepmetric.training.seed import resolve_device
 
     run_dir, which = resolve_model_source(source)
-    model, _, config = load_trained(run_dir, which=which, device=resolve_device(device))
+    model, _, config = load_trained(run_dir, which=which, device=resolve_device(device), with_loss=False)
     return model, config, run_dir
 
 

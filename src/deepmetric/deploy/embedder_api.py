@@ -6,8 +6,12 @@ exactly what the exported model computes:
 
 * ``embedder.preprocess(items)`` -> the batch: images ``(B, C, H, W)`` through the model's own
   evaluation transform; for the audio model ``(features (B, T, n_mels), lengths (B,))`` computed
-  like the speech datasets compute them (:mod:`deepmetric.deploy.preprocess`);
-* ``embedder(batch)`` (or ``embedder(features, lengths)``) -> ``(B, D)`` embeddings;
+  like the speech datasets compute them; for the tracklet model, whose items are clips (lists of
+  frames of any length), ``(clips (B, T, C, H, W), mask (B, T) bool)``: every frame through the
+  run's evaluation frame pipeline, the clips zero-padded to the longest one and ``mask`` True on
+  the real frames, as the tracklet datasets batch them (:mod:`deepmetric.deploy.preprocess`);
+* ``embedder(batch)`` (or ``embedder(features, lengths)``, ``embedder(clips, mask)``) -> ``(B, D)``
+  embeddings;
 * ``embedder.embed(items, batch_size=64)`` -> ``(N, D)`` float32 numpy, in order: in eval mode,
   under ``torch.inference_mode``, with a tqdm progress bar for lists longer than four batches
   unless ``progress`` says otherwise. For lists longer than two batches, ``DataLoader`` worker
@@ -16,8 +20,9 @@ exactly what the exported model computes:
   model waits for neither a process start nor a whole batch.
 
 Items are those of :mod:`deepmetric.deploy.items` (paths, PIL images, uint8 arrays, tensors;
-waveforms and audio files for the audio model). An item of another type is a one-line
-:class:`~deepmetric.errors.InputError` naming its position and type, raised before any work.
+waveforms and audio files for the audio model; clips of such frames for the tracklet model). An
+item of another type (or an empty clip) is a one-line :class:`~deepmetric.errors.InputError`
+naming its position and type, raised before any work.
 ``embedder.card`` (:class:`~deepmetric.deploy.manifest.ModelCard`) says what the model takes.
 """
 
@@ -33,9 +38,23 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from deepmetric.deploy.graph import AudioGraph, ImageGraph, embedding_graph, example_inputs
-from deepmetric.deploy.manifest import CheckpointRef, ModelCard
-from deepmetric.deploy.preprocess import AudioPreprocessor, ImagePreprocessor, audio_frontend, describe_image_transform
+from deepmetric.deploy.graph import (
+    AudioGraph,
+    ImageGraph,
+    TrackletGraph,
+    embedding_graph,
+    example_inputs,
+    input_kind_of,
+)
+from deepmetric.deploy.manifest import CheckpointRef, ImageInput, ModelCard
+from deepmetric.deploy.preprocess import (
+    AudioPreprocessor,
+    ImagePreprocessor,
+    TrackletPreprocessor,
+    audio_frontend,
+    describe_image_transform,
+    tracklet_frontend,
+)
 from deepmetric.errors import DeepMetricError, InputError
 
 __all__ = ["Embedder", "auto_workers", "batch_sizes", "load"]
@@ -43,6 +62,8 @@ __all__ = ["Embedder", "auto_workers", "batch_sizes", "load"]
 #: sizes of the first batches when workers decode: the first is prepared in this process while the
 #: workers start, so the model starts after a few items instead of a process start and a whole batch
 RAMP = (4, 8, 16, 32)
+
+Preprocessor = ImagePreprocessor | AudioPreprocessor | TrackletPreprocessor
 
 
 class _Failure:
@@ -53,7 +74,7 @@ class _Failure:
 
 
 class _Items(Dataset):
-    def __init__(self, items: Sequence[Any], preprocessor: ImagePreprocessor | AudioPreprocessor) -> None:
+    def __init__(self, items: Sequence[Any], preprocessor: Preprocessor) -> None:
         self.items, self.preprocessor = items, preprocessor
 
     def __len__(self) -> int:
@@ -126,20 +147,29 @@ def _as_list(items: Sequence[Any]) -> list[Any]:
 
 
 def _model_attr(model: nn.Module, name: str) -> Any:
-    """``model.<name>``, else ``model.embedder.<name>`` (DeMAL wraps an image embedder), else None."""
+    """``model.<name>``, else that of the image embedder it wraps (``model.embedder`` in DeMAL,
+    ``model.frame_model`` in the tracklet model), else None."""
     value = getattr(model, name, None)
-    if value is None and isinstance(getattr(model, "embedder", None), nn.Module):
-        value = getattr(model.embedder, name, None)
+    for inner in ("embedder", "frame_model"):
+        if value is None and isinstance(getattr(model, inner, None), nn.Module):
+            value = getattr(getattr(model, inner), name, None)
     return value
+
+
+def _frame_size(card: ModelCard) -> tuple[int, int, int] | None:
+    """``(C, H, W)`` of a tracklet model's frames (from the card), None for other models."""
+    if card.input_kind != "tracklet" or card.image is None:
+        return None
+    return card.image.channels, card.image.height, card.image.width
 
 
 class Embedder(nn.Module):
     """A trained model ready to embed raw items (see the module docstring). Build it with
     :func:`load`, or :meth:`from_model` for a model in memory."""
 
-    def __init__(self, model: nn.Module, card: ModelCard, preprocessor: ImagePreprocessor | AudioPreprocessor) -> None:
+    def __init__(self, model: nn.Module, card: ModelCard, preprocessor: Preprocessor) -> None:
         super().__init__()
-        self.graph: ImageGraph | AudioGraph = embedding_graph(model)
+        self.graph: ImageGraph | AudioGraph | TrackletGraph = embedding_graph(model, _frame_size(card))
         self.card = card
         self.preprocessor = preprocessor
         self.eval()
@@ -150,15 +180,22 @@ class Embedder(nn.Module):
         """An Embedder around ``model`` (weights loaded) trained with run ``config``."""
         from deepmetric.version import __version__
 
-        graph = embedding_graph(model)
-        image = audio = None
-        if isinstance(graph, AudioGraph):
+        kind = input_kind_of(model)
+        image: ImageInput | None = None
+        audio = tracklet = None
+        preprocessor: Preprocessor
+        if kind == "audio_features":
             audio = audio_frontend(config, int(model.n_mels))
-            preprocessor: ImagePreprocessor | AudioPreprocessor = AudioPreprocessor(audio)
+            preprocessor = AudioPreprocessor(audio)
+        elif kind == "tracklet":
+            image, tracklet, frame_transform = tracklet_frontend(config, model)
+            preprocessor = TrackletPreprocessor(frame_transform)
         else:
             transform = model.eval_transform()
             image = describe_image_transform(transform, model.input_size)
             preprocessor = ImagePreprocessor(transform, image.mode)
+        graph = embedding_graph(model, None if image is None or tracklet is None
+                                else (image.channels, image.height, image.width))
         normalize = _model_attr(model, "normalize")
         if not isinstance(normalize, bool):  # ask the model itself
             was = model.training
@@ -169,7 +206,7 @@ class Embedder(nn.Module):
             model.train(was)
             normalize = bool(torch.allclose(out.norm(dim=1), torch.ones_like(out[:, 0]), atol=1e-4))
         card = ModelCard(
-            input_kind="audio_features" if audio is not None else "image", image=image, audio=audio,
+            input_kind=kind, image=image, audio=audio, tracklet=tracklet,
             embedding_dim=int(model.embedding_dim), normalize=normalize, model_name=str(config.model.name),
             backbone=_model_attr(model, "backbone_name"), deepmetric_version=__version__, checkpoint=checkpoint,
         )
@@ -183,7 +220,7 @@ class Embedder(nn.Module):
 
     @property
     def input_kind(self) -> str:
-        """``"image"`` or ``"audio_features"``."""
+        """``"image"``, ``"audio_features"`` or ``"tracklet"``."""
         return self.card.input_kind
 
     @property
@@ -197,8 +234,8 @@ class Embedder(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, *inputs: Any) -> Tensor:
-        """Embeddings ``(B, D)`` of a preprocessed batch: ``images``, ``features, lengths``, or the
-        tuple :meth:`preprocess` returns for the audio model."""
+        """Embeddings ``(B, D)`` of a preprocessed batch: ``images``, ``features, lengths``,
+        ``clips, mask``, or the tuple :meth:`preprocess` returns for the audio and tracklet models."""
         if len(inputs) == 1 and isinstance(inputs[0], (tuple, list)):
             inputs = tuple(inputs[0])
         return self.graph(*inputs)
@@ -304,15 +341,19 @@ def _checkpoint_step(path: Path) -> int | None:
     return int(step) if isinstance(step, int) else None
 
 
-def load(run: str | Path, which: str = "best", device: str | torch.device = "auto") -> Embedder:
+def load(run: str | Path, which: str = "best", device: str | torch.device = "auto",
+         model: nn.Module | None = None) -> Embedder:
     """The :class:`Embedder` of a trained run: ``run`` is a run folder (``which``: ``best``, else
     ``last`` when the run has no best checkpoint) or a checkpoint file inside one; ``device``:
-    ``auto`` (CUDA when present), ``cpu``, ``cuda:1`` ..."""
+    ``auto`` (CUDA when present), ``cpu``, ``cuda:1`` ...; ``model``: an object to load the
+    weights into, for a run trained with ``fit(model=...)`` whose class this process cannot
+    rebuild from the run's config (the error then says so)."""
     from deepmetric.deploy.source import checkpoint_ref, resolve_checkpoint
     from deepmetric.training import load_trained
     from deepmetric.training.seed import resolve_device
 
     run_dir, name = resolve_checkpoint(run, which)
-    model, _, config = load_trained(run_dir, which=name, device=resolve_device(str(device)))
+    model, _, config = load_trained(run_dir, which=name, device=resolve_device(str(device)), model=model,
+                                    with_loss=False)
     ref = checkpoint_ref(run_dir, name, _checkpoint_step(run_dir / "checkpoints" / f"{name}.pt"))
     return Embedder.from_model(model, config, ref)
