@@ -1,8 +1,8 @@
 """The configuration schema: the single source of defaults for the Python API, the CLI and recipes.
 
 A :class:`Config` is a tree of small pydantic models (``data``, ``sampler``, ``model``, ``loss``,
-``optimizer``, ``scheduler``, ``trainer``, ``eval``). Every section forbids unknown keys; a typo
-raises :class:`~deepmetric.errors.ConfigError` naming the closest valid key, e.g.
+``optimizer``, ``scheduler``, ``trainer``, ``eval``, ``finetune``, ``protocol``). Every section
+forbids unknown keys; a typo raises :class:`~deepmetric.errors.ConfigError` naming the closest valid key, e.g.
 ``unknown config key 'trainer.lrr'; did you mean 'optimizer.lr'?``.
 
 Free-form ``params`` dictionaries (``data.params``, ``model.params``, ``loss.params``,
@@ -31,6 +31,7 @@ __all__ = [
     "Config",
     "DataConfig",
     "EvalConfig",
+    "FinetuneConfig",
     "LossConfig",
     "ModelConfig",
     "OptimizerConfig",
@@ -302,6 +303,55 @@ class EvalConfig(_Section):
     heatmaps: int = Field(4, ge=0, description="'diagnostic': test images shown with Grad-CAM in the report (0 = none)")
 
 
+class FinetuneConfig(_Section):
+    """Robust fine-tuning of a pretrained backbone (all off by default): linear probing before
+    fine-tuning (LP-FT), an exponential moving average of the weights (EMA) and interpolation with
+    the pretrained weights after training (WiSE-FT)."""
+
+    linear_probe_steps: int = Field(
+        0,
+        ge=0,
+        description="LP-FT (Kumar et al., ICLR 2022, 'Fine-Tuning can Distort Pretrained Features and "
+        "Underperform Out-of-Distribution'): for the first this many steps the backbone is frozen (no gradient, "
+        "no optimizer update or weight decay, eval mode so BatchNorm statistics stay) while the embedding head and "
+        "the loss's parameters (classifier, proxies, centers) train; then everything trains; needs a model that "
+        "declares its backbone (HasBackbone); 0 = off",
+    )
+    ema_decay: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="exponential moving average of the weights (Polyak averaging, as in timm's ModelEmaV2; "
+        "Izmailov et al., UAI 2018 average weights likewise): after every optimizer step ema = decay x ema + "
+        "(1 - decay) x weights for the model's parameters and float buffers and the loss's parameters; evaluated "
+        "beside the raw weights at every evaluation, and best.pt / the test metrics take whichever scores better "
+        "on eval.split; in the checkpoint, so resume stays exact; e.g. 0.999; null = off",
+    )
+    ema_start_step: int = Field(
+        0,
+        ge=0,
+        description="the EMA starts as a copy of the weights after this many optimizer steps (0 = the initial "
+        "weights) and averages from the next step on",
+    )
+    wise_alphas: list[float] | None = Field(
+        None,
+        description="WiSE-FT (Wortsman et al., CVPR 2022, 'Robust fine-tuning of zero-shot models'): after "
+        "training, the model's weights theta(alpha) = (1 - alpha) x step-0 weights + alpha x fine-tuned weights "
+        "(BatchNorm statistics alike, integer buffers fine-tuned; the loss's parameters stay fine-tuned) for each "
+        "alpha of this grid, e.g. [0, 0.25, 0.5, 0.75, 1]; the alpha with the best eval.select_metric on eval.split "
+        "gives the test metrics (checkpoints/wise.pt; step-0 weights in checkpoints/initial.pt); null = off",
+    )
+
+    @model_validator(mode="after")
+    def _alphas_in_range(self) -> FinetuneConfig:
+        alphas = self.wise_alphas
+        if alphas is not None and (
+            not alphas or any(not 0.0 <= a <= 1.0 for a in alphas) or len(set(alphas)) != len(alphas)
+        ):
+            raise ValueError(f"finetune.wise_alphas must be distinct numbers in [0, 1], e.g. [0, 0.5, 1], got {alphas}")
+        return self
+
+
 class ProtocolConfig(_Section):
     """How many trainings a recipe runs and on which splits: one, k folds, repeated splits, or the
     speaker-transfer grid. Each sub-run is a plain run folder inside the run folder, which holds
@@ -362,6 +412,7 @@ class Config(_Section):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     protocol: ProtocolConfig = Field(default_factory=ProtocolConfig)
 
     def to_dict(self) -> dict[str, Any]:

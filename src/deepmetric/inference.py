@@ -29,7 +29,9 @@ __all__ = [
 def resolve_model_source(source: str | Path) -> tuple[Path, str]:
     """``(run folder, checkpoint name)`` for a run folder or a checkpoint file inside one.
 
-    A run folder uses ``checkpoints/best.pt`` when present, else ``last.pt``.
+    A run folder uses the weights chosen on validation: ``checkpoints/wise.pt`` for a run with
+    WiSE-FT (``finetune.wise_alphas``: the interpolation whose test metrics the run reports), else
+    ``best.pt``, else ``last.pt``.
     """
     path = Path(source).expanduser()
     if not path.exists():
@@ -47,7 +49,7 @@ def resolve_model_source(source: str | Path) -> tuple[Path, str]:
         return run_dir, path.stem
     if not (path / "config.yaml").is_file():
         raise DataError(f"'{path}' is not a run folder (no config.yaml); pass the folder `deepmetric train` wrote")
-    for which in ("best", "last"):
+    for which in ("wise", "best", "last"):
         if (path / "checkpoints" / f"{which}.pt").is_file():
             return path, which
     raise DataError(

@@ -31,10 +31,17 @@ import os
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 from deepmetric.errors import DataError
 
@@ -50,6 +57,8 @@ __all__ = [
     "MetricsFile",
     "SubRun",
     "SummaryFile",
+    "Wise",
+    "WiseRow",
     "metric_stats",
     "read_metrics",
     "read_summary",
@@ -75,17 +84,32 @@ class _RunFileModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    #: optional fields of optional features: left out of the written file while None
+    omit_when_none: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        for key in self.omit_when_none:
+            if isinstance(data, dict) and data.get(key) is None:
+                data.pop(key, None)
+        return data
+
 
 # ---------------------------------------------------------------------------------------------
 # metrics.json
 
 
 class Evaluation(_RunFileModel):
-    """Metrics of the network at ``step`` on ``split`` (``val`` or ``test``)."""
+    """Metrics of the network at ``step`` on ``split`` (``val`` or ``test``); ``ema``: those of the
+    moving average of the weights (``finetune.ema_decay``), once it has started."""
+
+    omit_when_none = ("ema",)
 
     step: int
     split: str
     metrics: Metrics
+    ema: Metrics | None = None
 
 
 class Baseline(Evaluation):
@@ -93,11 +117,34 @@ class Baseline(Evaluation):
 
 
 class Best(_RunFileModel):
-    """The evaluation with the best ``metric`` (``eval.select_metric``): its step and value."""
+    """The evaluation with the best ``metric`` (``eval.select_metric``): its step and value;
+    ``weights`` (with ``finetune.ema_decay``): ``raw`` or ``ema``, the weights that scored it."""
+
+    omit_when_none = ("weights",)
 
     step: int
     metric: str
     value: float | None
+    weights: str | None = None
+
+
+class WiseRow(_RunFileModel):
+    """One WiSE-FT mixing weight: ``value`` of ``eval.select_metric`` and all ``metrics`` of the
+    interpolated weights on the selection split."""
+
+    alpha: float
+    value: float | None
+    metrics: Metrics
+
+
+class Wise(_RunFileModel):
+    """WiSE-FT (``finetune.wise_alphas``): the table alpha -> selection metric on ``split``
+    (``eval.split``) and the chosen ``alpha``, whose weights gave the test metrics."""
+
+    split: str
+    metric: str
+    alpha: float
+    table: list[WiseRow]
 
 
 class MetricsFile(_RunFileModel):
@@ -105,8 +152,12 @@ class MetricsFile(_RunFileModel):
 
     ``test``, ``test_step`` and ``test_last`` appear once training has finished; ``class_names``
     names the test classes in label order; ``warnings`` are human-readable notes (e.g.
-    "validation saturated"); ``protocol`` names the evaluation protocol.
+    "validation saturated"); ``protocol`` names the evaluation protocol. With ``finetune.*``:
+    ``test_weights`` (``raw`` or ``ema``: the fine-tuned weights behind ``test``) and ``wise`` (the
+    WiSE-FT table and chosen alpha), each present only when the option is on.
     """
+
+    omit_when_none = ("test_weights", "wise")
 
     selection_split: str
     steps: int
@@ -122,6 +173,8 @@ class MetricsFile(_RunFileModel):
     warnings: list[str] = []
     counts: dict[str, int] = {}
     protocol: str = "retrieval"
+    test_weights: str | None = None
+    wise: Wise | None = None
 
 
 # ---------------------------------------------------------------------------------------------

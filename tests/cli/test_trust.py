@@ -191,15 +191,20 @@ def test_lock_object_reports_the_previous_holder(tmp_path: Path) -> None:
     assert (tmp_path / ".lock").read_text() == ""  # released cleanly: nothing stale next time
 
 
-def test_too_few_classes_names_the_split_arithmetic_and_the_setting(tmp_path: Path, capsys) -> None:
+def test_too_few_classes_after_validation_adapt_p_and_say_so(tmp_path: Path, capsys) -> None:
     recipe = toy_recipe(tmp_path)  # toy data: 8 training classes; val_fraction 0.25 carves 2 off
-    code, _, err = run_cli(["train", str(recipe), "--out", str(tmp_path / "r"), "sampler.p=8"], capsys)
-    last = err.strip().splitlines()[-1]
-    assert code == 1 and "has 8 classes" in last and "carved 2" in last and "leaving 6" in last
-    assert "data.val_by=items" in last and "sampler.p=6" in last
-    code, _, err = run_cli(["train", str(recipe), "--out", str(tmp_path / "r"), "sampler.p=8",
-                            "data.val_by=items", "--no-progress", "trainer.steps=1"], capsys)
+    code, _, err = run_cli(["train", str(recipe), "--out", str(tmp_path / "r"), "sampler.p=8", "sampler.k=3",
+                            "--no-progress", "trainer.steps=2"], capsys)
     assert code == 0, err
+    warning = next(line for line in err.splitlines() if "sampler.p=8" in line)
+    assert "held 2 classes out" in warning and "leaving 6" in warning and "6 classes x 4 items" in warning
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert any("6 classes x 4 items" in w for w in metrics["warnings"])
+    # without held-out classes nothing adapts silently: the error names the setting
+    code, _, err = run_cli(["train", str(recipe), "--out", str(tmp_path / "s"), "sampler.p=9",
+                            "data.val_fraction=0", "eval.split=test", "--no-progress", "trainer.steps=1"], capsys)
+    last = err.strip().splitlines()[-1]
+    assert code == 1 and "has 8 classes" in last and "sampler.p=8" in last and "Traceback" not in err
 
 
 def toy_with_singles(split: str, transform: object = None) -> object:

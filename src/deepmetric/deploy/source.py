@@ -1,9 +1,10 @@
 """Which weights a deployment uses: a run folder and a checkpoint name -> the checkpoint file.
 
 :func:`resolve_checkpoint` accepts a run folder (``which`` names ``checkpoints/<which>.pt``;
-``"best"`` falls back to ``last.pt`` when the run has no ``best.pt``, as ``deepmetric embed``
-does) or a checkpoint file inside a run folder (``which`` is then ignored). A missing folder, a
-folder without ``config.yaml`` or without the checkpoint raises a one-line
+``"best"`` means the weights chosen on validation: ``wise.pt`` when the run used WiSE-FT, else
+``best.pt``, else ``last.pt``, as ``deepmetric embed`` does) or a checkpoint file inside a run
+folder (``which`` is then ignored). A missing folder, a folder without ``config.yaml`` or
+without the checkpoint raises a one-line
 :class:`~deepmetric.errors.DataError` naming the fix. :func:`checkpoint_ref` records the choice
 (with the training step and the file's SHA-256) for :mod:`deepmetric.deploy.manifest`.
 """
@@ -25,6 +26,8 @@ def resolve_checkpoint(run: str | Path, which: str = "best") -> tuple[Path, str]
 
     path = Path(run).expanduser()
     run_dir, default = resolve_model_source(path)  # one-line errors for missing folder / config / checkpoints
+    if which == "best" and not path.is_file():  # the weights chosen on validation (wise.pt under WiSE-FT)
+        return run_dir, default
     if path.is_file() or (run_dir / "checkpoints" / f"{which}.pt").is_file():
         return run_dir, default if path.is_file() else which
     if which == "best":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from deepmetric.losses import build_loss, check_kwargs
 from deepmetric.models.registry import MODELS
 from deepmetric.registry import Registry, import_path
 from deepmetric.training.views import SubsetView, carve_validation, dataset_labels
+from deepmetric.training.selection import validation_plan
 
 __all__ = [
     "DATASET_REGISTRY",
@@ -123,14 +124,26 @@ def embedding_dim_of(model: nn.Module) -> int:
 
 
 def build_loss_from_config(
-    config: LossConfig, num_classes: int, embedding_dim: int, outputs: Mapping[str, int] | None = None
+    config: LossConfig, num_classes: int, embedding_dim: int, outputs: Mapping[str, int] | None = None,
+    base: nn.Module | None = None,
 ) -> nn.Module:
     """``build_loss(name, **params)`` with ``num_classes`` / ``embedding_dim`` injected when the
     loss takes them, then wrapped with Symmetrical Synthesis and/or Hybrid (+ cross-entropy).
 
     For a model with named outputs (``outputs`` = its ``output_dims``) every output gets its own
     such loss, weighted by ``loss.heads`` (:class:`~deepmetric.losses.multi_output.MultiOutputLoss`).
+    ``base``: a loss object used instead of building ``loss.name`` (the wrappers still apply); for
+    named outputs it must be a ``MultiOutputLoss`` and is used as it is.
     """
+    if base is not None and outputs:
+        from deepmetric.losses.multi_output import MultiOutputLoss
+
+        if not isinstance(base, MultiOutputLoss):
+            raise ConfigError(
+                f"the model has named outputs ({', '.join(outputs)}), which need one loss each; pass a "
+                "deepmetric.losses.multi_output.MultiOutputLoss as fit(loss=...), or name the loss in loss.name"
+            )
+        return base
     if outputs:
         from deepmetric.losses.multi_output import MultiOutputLoss
 
@@ -143,14 +156,7 @@ def build_loss_from_config(
             f"loss.heads is set ({config.heads}) but the model has a single output; remove loss.heads "
             "or use a model with named outputs (multilevel, tracklet)"
         )
-    from deepmetric.losses import loss_class
-
-    params = dict(config.params)
-    names, _ = _accepts(loss_class(config.name))
-    for key, value in (("num_classes", num_classes), ("embedding_dim", embedding_dim)):
-        if key in names and key not in params:
-            params[key] = value
-    loss = build_loss(config.name, **params)
+    loss = base if base is not None else _named_loss(config, num_classes, embedding_dim)
     if not isinstance(loss, nn.Module):
         raise ConfigError(f"loss '{config.name}' built a {type(loss).__name__}, not a torch.nn.Module")
     # cross-batch memory (XBM): loss.memory_size > 0 wraps the pair loss
@@ -180,6 +186,17 @@ def build_loss_from_config(
     return loss
 
 
+def _named_loss(config: LossConfig, num_classes: int, embedding_dim: int) -> Any:
+    from deepmetric.losses import loss_class
+
+    params = dict(config.params)
+    names, _ = _accepts(loss_class(config.name))
+    for key, value in (("num_classes", num_classes), ("embedding_dim", embedding_dim)):
+        if key in names and key not in params:
+            params[key] = value
+    return build_loss(config.name, **params)
+
+
 # --------------------------------------------------------------------------------------------
 # data
 
@@ -195,6 +212,10 @@ class Splits:
     val: Any | None
     test: Any
     support: SubsetView
+    #: how validation was carved ("classes" or "items"; see deepmetric.training.selection)
+    val_by: str = "classes"
+    #: what the split arithmetic changed, for the run's warnings
+    notes: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -231,7 +252,12 @@ def _attach_cache(config: Config, train_aug: Any, evaluated: Mapping[str, Any], 
     """``data.cache``: the training images (and the evaluation splits, where the cache gives them
     the same pixels) read from one decoded-image cache (:mod:`deepmetric.data.cache`)."""
     from deepmetric.data.cache import (
-        attach_cache, cache_interpolation, check_cacheable, default_cache_size, exact_for, transform_mode,
+        attach_cache,
+        cache_interpolation,
+        check_cacheable,
+        default_cache_size,
+        exact_for,
+        transform_mode,
         transform_resolution,
     )
     from deepmetric.data.image_dataset import ImageDataset
@@ -280,11 +306,13 @@ def build_datasets(config: Config, model: nn.Module, *, cache: bool = False, run
         raise DataError(f"the training split of dataset '{config.data.name}' has {len(set(labels))} class(es); need >= 2")
     if cache and config.data.cache != "none":
         _attach_cache(config, train_aug, evaluated, run_dir)
-    train_idx, val_idx = carve_validation(labels, config.data.val_fraction, config.data.val_by, config.seed)
+    val_by, note = validation_plan(config.data.val_by, len(set(labels)), config.data.val_fraction)
+    train_idx, val_idx = carve_validation(labels, config.data.val_fraction, val_by, config.seed)
     train = SubsetView(train_aug, train_idx, remap=True)
     val = SubsetView(evaluated["train"], val_idx, remap=False) if need_val else None
     support = SubsetView(evaluated["train"], train_idx, remap=False)
-    return Splits(train=train, val=val, test=evaluated["test"], support=support)
+    return Splits(train=train, val=val, test=evaluated["test"], support=support, val_by=val_by,
+                  notes=[note] if note else [])
 
 
 def build_sampler(labels: list[int], config: SamplerConfig, seed: int, rank: int = 0, world_size: int = 1) -> Any:

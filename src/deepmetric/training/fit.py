@@ -59,8 +59,11 @@ from deepmetric.models.contracts import trained_outputs
 from deepmetric.training.eval_protocols import EvalInputs, build_eval_protocol
 from deepmetric.training.evaluate import select_value
 from deepmetric.training.optim import build_optimizer
+from deepmetric.training.parts import PartsFile, unrecorded_warning, write_parts
+from deepmetric.training.robust import BackboneFreeze, WeightEMA, interpolate_state, swapped_weights
 from deepmetric.training.run_folder import RunPaths
 from deepmetric.training.run_lock import RunLock
+from deepmetric.training.selection import fitted_sampler, item_validation_warning
 from deepmetric.training.schedule import apply_lr, effective_warmup, lr_factor
 from deepmetric.training.seed import derive_seed, get_rng_state, resolve_device, seed_everything, seed_step, set_rng_state
 from deepmetric.training.views import SeededItems
@@ -196,32 +199,30 @@ def single_item_classes(dataset: Any) -> list[str]:
     return [names[c] if names is not None and c < len(names) else str(int(c)) for c in singles]
 
 
-def _check_enough_classes(splits: Splits, config: Config) -> None:
-    """P x K batches need ``sampler.p`` training classes: say how the split arithmetic came out
-    and which setting to change (the classes carved off for validation are the usual cause)."""
-    if config.sampler.name != "pk":
-        return
-    p, left = config.sampler.p, splits.num_classes
-    if left >= p:
-        return
-    d = config.data
-    if splits.val is not None and d.val_by == "classes":
-        carved = len(set(splits.val.labels))
-        raise DataError(
-            f"the training split has {left + carved} classes and data.val_by=classes carved {carved} of them off "
-            f"for validation (data.val_fraction={d.val_fraction}), leaving {left}, fewer than sampler.p={p}; set "
-            f"data.val_by=items (validate on items of every class), a smaller data.val_fraction, or sampler.p={left}"
-        )
+def _fitted_sampler(splits: Splits, config: Config) -> tuple[Any, str | None]:
+    """The sampler section that fits the training classes: P x K batches need ``sampler.p``
+    classes; when the classes held out for validation are what leaves too few, P adapts (see
+    :func:`deepmetric.training.selection.fitted_sampler`), otherwise the error says what to change."""
+    sampler = config.sampler
+    if sampler.name != "pk" or splits.num_classes >= sampler.p:
+        return sampler, None
+    left = splits.num_classes
+    held_out = len(set(splits.val.labels)) if splits.val is not None and splits.val_by == "classes" else 0
+    if held_out and left + held_out >= sampler.p:  # the validation classes made the difference: P adapts
+        return fitted_sampler(sampler, left, held_out)
+    also = f" ({held_out} more are held out for validation)" if held_out else ""
     raise DataError(
-        f"the training split has {left} classes, fewer than sampler.p={p} classes per batch; set sampler.p={left} "
-        "or add classes"
+        f"the training split has {left} classes{also}, fewer than sampler.p={sampler.p} classes per batch; set "
+        f"sampler.p={left} or add classes"
     )
 
 
 class _Run:
     """State and pieces of one training run (internal to :func:`fit`)."""
 
-    def __init__(self, config: Config, run_dir: Path, resume: bool, progress: bool) -> None:
+    def __init__(self, config: Config, run_dir: Path, resume: bool, progress: bool,
+                 parts: PartsFile | None = None, model: nn.Module | None = None,
+                 loss: nn.Module | None = None) -> None:
         self.config = config
         self.paths = RunPaths(run_dir)
         self.progress = progress
@@ -230,12 +231,17 @@ class _Run:
         self.device = resolve_device(config.device)
         self.amp = _amp_enabled(config, self.device)
         seed_everything(config.seed, config.deterministic)
-        self.model: nn.Module = build_model(config)
+        self.model: nn.Module = model if model is not None else build_model(config)
         self.splits: Splits = build_datasets(config, self.model, cache=True, run_dir=self.paths.root)
         self.loss: nn.Module = build_loss_from_config(
             config.loss, self.splits.num_classes, embedding_dim_of(self.model),
-            outputs=trained_outputs(self.model),
+            outputs=trained_outputs(self.model), base=loss,
         )
+        for section in ("model", "loss"):
+            record = getattr(parts, section) if parts is not None else None
+            message = unrecorded_warning(section, record) if record is not None else None
+            if message:
+                self.note(message)
         if config.model.init_from is not None and not resume:
             loaded = init_weights(self.model, self.loss, config.model.init_from, class_names_of(self.splits.train))
             if not loaded["loss_loaded"] and list(self.loss.state_dict()):
@@ -255,8 +261,15 @@ class _Run:
         self.train_loss: nn.Module = dist_utils.GatheredLoss(self.loss) if self.world_size > 1 else self.loss
         self.optimizer = build_optimizer(self.model, self.loss, config.optimizer)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
-        _check_enough_classes(self.splits, config)
-        self.sampler = build_sampler(self.splits.train.labels, config.sampler, config.seed,
+        for message in self.splits.notes:
+            self.note(message)
+        sampler_config, message = _fitted_sampler(self.splits, config)
+        if message:
+            self.note(message)
+        message = item_validation_warning(config, self.splits.val_by, self.splits.support, self.splits.test)
+        if message:
+            self.note(message)
+        self.sampler = build_sampler(self.splits.train.labels, sampler_config, config.seed,
                                      dist_utils.rank(), self.world_size)
         self.steps_per_epoch = len(self.sampler)
         if self.steps_per_epoch == 0:
@@ -292,6 +305,20 @@ class _Run:
         self.bad_evals = 0
         self.stopped_early = False
         self.started = time.perf_counter()
+        # robust fine-tuning (finetune.*, training/robust.py): LP-FT, EMA of the weights, WiSE-FT
+        ft = config.finetune
+        self.freeze: BackboneFreeze | None = None
+        if ft.linear_probe_steps:
+            self.freeze = BackboneFreeze(self.model, self.optimizer, ft.linear_probe_steps)
+        if self.freeze is not None and ft.linear_probe_steps >= self.total_steps:
+            self.note(f"finetune.linear_probe_steps={ft.linear_probe_steps} covers the whole {self.total_steps}-step "
+                      "run: the backbone never trains")
+        self.ema: WeightEMA | None = None
+        if ft.ema_decay is not None:
+            self.ema = WeightEMA(self.model, self.loss, ft.ema_decay, ft.ema_start_step)
+        self.initial: dict[str, Tensor] | None = None
+        if ft.wise_alphas is not None:
+            self.initial = self._initial_weights(resume)
         if resume:
             self._restore(load_checkpoint(self.paths.last, map_location=self.device))
 
@@ -311,6 +338,7 @@ class _Run:
             "scheduler": {"step": self.step, "total_steps": self.total_steps},
             "sampler": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "seed": self.config.seed},
             "rng": get_rng_state(),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             "history": {
                 "evaluations": self.evaluations,
                 "baseline": self.baseline,
@@ -340,6 +368,30 @@ class _Run:
         self.bad_evals = int(history["bad_evals"])
         self.stopped_early = bool(history["stopped_early"])
         set_rng_state(state["rng"])
+        if self.ema is not None:
+            if "ema" not in state:
+                raise DataError(f"cannot resume: '{self.paths.last}' holds no EMA of the weights although "
+                                "finetune.ema_decay is set; start a new run folder")
+            self.ema.load_state_dict(state["ema"])
+
+    def _initial_weights(self, resume: bool) -> dict[str, Tensor]:
+        """The step-0 model weights for WiSE-FT (CPU copies): the current ones, or checkpoints/initial.pt."""
+        if not resume:
+            return {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        if not self.paths.initial.is_file():
+            raise DataError(f"cannot resume: '{self.paths.initial}' (the step-0 weights WiSE-FT interpolates from, "
+                            "finetune.wise_alphas) is missing; start a new run folder")
+        return dict(load_checkpoint(self.paths.initial)["model"])
+
+    def save_initial(self) -> None:
+        """Write the step-0 weights (model and loss) to checkpoints/initial.pt when WiSE-FT needs them."""
+        if self.initial is None or not self.main:
+            return
+        save_checkpoint({
+            "step": 0, "num_classes": self.splits.num_classes,
+            "class_names": class_names_of(self.splits.train) or [],
+            "model": self.initial, "loss": self.loss.state_dict(), "config": config_to_yaml(self.config),
+        }, self.paths.initial)
 
     def note(self, message: str) -> None:
         """A warning for the user: printed once (main process) and kept in metrics.json."""
@@ -369,20 +421,40 @@ class _Run:
         inputs = self.eval_inputs(dataset)
         return self.eval_protocol.evaluate(inputs), inputs
 
+    def _better(self, value: float, than: float) -> bool:
+        """Whether ``value`` of eval.select_metric beats ``than`` (strictly: ties keep the earlier)."""
+        return value > than if self.config.eval.select_mode == "max" else value < than
+
+    def _record_value(self, metrics: dict[str, Any]) -> float:
+        """eval.select_metric of a recorded (cleaned) metrics dict; None counts as NaN (never best)."""
+        raw = metrics.get(self.config.eval.select_metric)
+        return select_value({self.config.eval.select_metric: math.nan if raw is None else float(raw)},
+                            self.config.eval)
+
     def periodic_evaluation(self) -> None:
         """Evaluate on the selection split; update best.pt and the early-stopping counter."""
         split = self.config.eval.split
         metrics, _ = self.evaluate(self.selection, split)
         value = select_value(metrics, self.config.eval)
-        self.evaluations.append({"step": self.step, "split": split, "metrics": _clean(metrics)})
-        better = self.best is None or (
-            value > self.best["value"] if self.config.eval.select_mode == "max" else value < self.best["value"]
-        )
-        if better:
-            self.best = {"step": self.step, "metric": self.config.eval.select_metric, "value": value}
+        record: dict[str, Any] = {"step": self.step, "split": split, "metrics": _clean(metrics)}
+        weights = "raw"
+        if self.ema is not None and self.ema.shadow is not None:  # the averaged weights are a candidate too
+            with swapped_weights(self.model, self.loss, *self.ema.weights()):
+                ema_metrics, _ = self.evaluate(self.selection, split)
+            record["ema"] = _clean(ema_metrics)
+            ema_value = select_value(ema_metrics, self.config.eval)
+            if self._better(ema_value, value):
+                value, weights = ema_value, "ema"
+        self.evaluations.append(record)
+        if self.best is None or self._better(value, self.best["value"]):
+            self.best = {"step": self.step, "metric": self.config.eval.select_metric, "value": value,
+                         **({"weights": weights} if self.ema is not None else {})}
             self.bad_evals = 0
             if self.main:
-                save_checkpoint(self._state(), self.paths.best)
+                state = self._state()
+                if weights == "ema":
+                    state["model"], state["loss"] = self.ema.weights()
+                save_checkpoint(state, self.paths.best)
         else:
             self.bad_evals += 1
             patience = self.config.trainer.early_stopping_patience
@@ -440,6 +512,8 @@ class _Run:
         apply_lr(self.optimizer, lr_factor(self.step, self.total_steps, self.config.scheduler))
         self.model.train()
         self.loss.train()
+        if self.freeze is not None:  # LP-FT: the backbone is frozen for the first linear_probe_steps steps
+            self.freeze.apply(self.step)
         inputs = to_device(inputs, self.device)
         labels = torch.as_tensor(labels).long().to(self.device)
         with torch.autocast(self.device.type, enabled=self.amp):
@@ -480,9 +554,13 @@ class _Run:
         try:
             if self.step >= self.total_steps or self.stopped_early:
                 return
+            if self.ema is not None and self.step == 0 and self.ema.shadow is None:
+                self.ema.update(0)  # finetune.ema_start_step=0: the average starts from the initial weights
             for inputs, labels in self.batches():
                 loss = self.train_step(inputs, labels)
                 self.step += 1
+                if self.ema is not None:
+                    self.ema.update(self.step)
                 self.batch_in_epoch += 1
                 running.append(loss)
                 if self.step % cfg.log_every == 0 or self.step == self.total_steps:
@@ -522,28 +600,80 @@ class _Run:
             if bar is not None:
                 bar.close()
 
+    def _last_weights(self) -> str:
+        """'raw' or 'ema': the better weights at the last evaluation (for eval.checkpoint=last)."""
+        last = self.evaluations[-1] if self.evaluations else {}
+        if self.ema is None or last.get("ema") is None:
+            return "raw"
+        better = self._better(self._record_value(last["ema"]), self._record_value(last["metrics"]))
+        return "ema" if better else "raw"
+
+    def wise_ft(self, final: dict[str, Any], step: int) -> None:
+        """WiSE-FT: interpolate the model between its step-0 weights and the loaded fine-tuned ones for
+        every finetune.wise_alphas, evaluate each on the selection split (eval.split), load the alpha
+        with the best eval.select_metric (ties: the larger alpha) and record the table in ``final``;
+        the loss's parameters stay fine-tuned. Its weights go to checkpoints/wise.pt."""
+        assert self.initial is not None
+        cfg = self.config.eval
+        if cfg.split == "test":
+            self.note("finetune.wise_alphas: the WiSE-FT mixing weight is chosen on the test split (eval.split=test), "
+                      "so the test metrics are optimistic; set eval.split=val to choose it on held-out training data")
+        finetuned = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        table: list[dict[str, Any]] = []
+        chosen: float | None = None
+        chosen_value = math.nan
+        for alpha in self.config.finetune.wise_alphas or []:
+            self.model.load_state_dict(interpolate_state(self.initial, finetuned, alpha))
+            metrics, _ = self.evaluate(self.selection, cfg.split)
+            value = select_value(metrics, cfg)
+            table.append({"alpha": alpha, "value": value if math.isfinite(value) else None, "metrics": _clean(metrics)})
+            if chosen is None or self._better(value, chosen_value) or (value == chosen_value and alpha > chosen):
+                chosen, chosen_value = alpha, value
+        assert chosen is not None  # the config requires at least one alpha
+        weights = interpolate_state(self.initial, finetuned, chosen)
+        self.model.load_state_dict(weights)
+        final["wise"] = {"split": cfg.split, "metric": cfg.select_metric, "alpha": chosen, "table": table}
+        if self.main:
+            save_checkpoint({
+                "step": step, "alpha": chosen, "num_classes": self.splits.num_classes,
+                "class_names": class_names_of(self.splits.train) or [],
+                "model": weights, "loss": self.loss.state_dict(), "config": config_to_yaml(self.config),
+            }, self.paths.wise)
+
     def finish(self) -> dict[str, Any]:
         """Final evaluation on the selection split, test metrics of the best checkpoint, test
         embeddings. Returns the metrics.json content."""
+        if self.freeze is not None:
+            self.freeze.release()
         if not self.evaluations or self.evaluations[-1]["step"] != self.step:
             self.periodic_evaluation()
         self.save_last()
         final: dict[str, Any] = {}
         best_step = self.best["step"] if self.best is not None else self.step
-        chosen_step = best_step if self.config.eval.checkpoint == "best" else self.step
+        if self.config.eval.checkpoint == "best":
+            chosen_step, chosen_weights = best_step, (self.best or {}).get("weights", "raw")
+        else:
+            chosen_step, chosen_weights = self.step, self._last_weights()
         if chosen_step == 0 and self.step > 0:
             self.note(
                 f"the checkpoint chosen on the {self.config.eval.split} split is the untrained network (step 0): "
                 f"training never improved {self.config.eval.select_metric} there, so the test metrics are the "
                 "untrained network's; train longer, or use eval.checkpoint=last for the final weights"
             )
-        if chosen_step != self.step:
+        if chosen_step != self.step or chosen_weights != "raw":
             last_metrics, _ = self.evaluate(self.splits.test, "test")
             final["test_last"] = _clean(last_metrics)
-            dist_utils.barrier()  # rank 0 has finished writing best.pt
-            best_state = load_checkpoint(self.paths.best, map_location=self.device)
-            self.model.load_state_dict(best_state["model"])
-            self.loss.load_state_dict(best_state["loss"])
+            if self.config.eval.checkpoint == "best":
+                dist_utils.barrier()  # rank 0 has finished writing best.pt
+                best_state = load_checkpoint(self.paths.best, map_location=self.device)
+                self.model.load_state_dict(best_state["model"])
+                self.loss.load_state_dict(best_state["loss"])
+            elif self.ema is not None:  # eval.checkpoint=last and the averaged weights scored better
+                model_state, loss_state = self.ema.weights()
+                self.model.load_state_dict(model_state)
+                self.loss.load_state_dict(loss_state)
+        if self.initial is not None:
+            self.wise_ft(final, chosen_step)
         metrics, inputs = self.evaluate(self.splits.test, "test")
         embeddings, labels = inputs.embeddings()
         test_singles = single_item_classes(self.splits.test)
@@ -556,6 +686,8 @@ class _Run:
             )
         final["test"] = _clean(metrics)
         final["test_step"] = chosen_step
+        if self.ema is not None:
+            final["test_weights"] = chosen_weights
         if self.main:
             save_npz(
                 self.paths.test_embeddings,
@@ -580,7 +712,8 @@ def _write_report(run_dir: Path) -> None:
 
 
 def fit(
-    config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True, report: bool = True
+    config: Config, run_dir: str | Path, resume: bool = False, progress: bool = True, report: bool = True,
+    *, model: nn.Module | None = None, loss: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` into the run folder ``run_dir`` and return the metrics summary (the
     content of ``metrics.json``: ``evaluations``, ``baseline``, ``best``, ``test``, ...).
@@ -594,15 +727,26 @@ def fit(
     fails leaves no new run folder behind. With ``report`` (default) the
     run folder also gets ``report.html`` and its plots (a failure there only warns: the trained
     run is complete without it).
+
+    ``model`` / ``loss``: train these objects instead of building ``model.name`` / ``loss.name``;
+    the run's config.yaml and ``parts.json`` record their class and constructor arguments so a new
+    process can rebuild the run (see :mod:`deepmetric.training.parts`). Resume with the same objects.
     """
+    from deepmetric.training.parts import config_with_parts
+
     if not isinstance(config, Config):
         config = load_config(config)
+    for what, obj in (("model", model), ("loss", loss)):
+        if obj is not None and not isinstance(obj, nn.Module):
+            raise ConfigError(f"fit({what}=...) takes a torch.nn.Module, got {type(obj).__name__}; "
+                              f"pass a module or name it in {what}.name")
+    config, parts = config_with_parts(config, model, loss)
     dist_utils.init_from_env()  # launched by torchrun: join the process group
     paths = RunPaths(Path(run_dir))
     main = dist_utils.is_main_process()
     existed = paths.root.exists()
     with (RunLock(paths.root) if main else contextlib.nullcontext()):
-        return _fit_locked(config, paths, resume, progress, report, main, existed)
+        return _fit_locked(config, paths, resume, progress, report, main, existed, parts, model, loss)
 
 
 def _remove_temporaries(paths: RunPaths) -> None:
@@ -614,7 +758,8 @@ def _remove_temporaries(paths: RunPaths) -> None:
 
 
 def _fit_locked(
-    config: Config, paths: RunPaths, resume: bool, progress: bool, report: bool, main: bool, existed: bool
+    config: Config, paths: RunPaths, resume: bool, progress: bool, report: bool, main: bool, existed: bool,
+    parts: PartsFile, model: nn.Module | None = None, loss: nn.Module | None = None,
 ) -> dict[str, Any]:
     if resume:
         if not paths.last.is_file():
@@ -640,7 +785,7 @@ def _fit_locked(
     previous_fill = getattr(fill, "fill_uninitialized_memory", None)
     try:
         try:
-            run = _Run(config, paths.root, resume, progress)
+            run = _Run(config, paths.root, resume, progress, parts, model, loss)
         except BaseException:
             if main and not existed:  # a failed start leaves no half-made run folder behind
                 shutil.rmtree(paths.root, ignore_errors=True)
@@ -648,12 +793,14 @@ def _fit_locked(
         if main:
             paths.checkpoints.mkdir(parents=True, exist_ok=True)
             save_config(config, paths.config)
+            write_parts(parts, paths.root)
             if resume:
                 print(f"resuming {paths.root} from step {run.step} of {run.total_steps}", file=sys.stderr)
                 for key, (before, after) in changes.items():
                     print(f"  changed on resume: {key} {before} -> {after}", file=sys.stderr)
         with _Interrupt() as interrupt:  # first Ctrl-C / SIGTERM: finish the step, save last.pt, stop
             if not resume:
+                run.save_initial()
                 run.periodic_evaluation()  # step 0: the untrained network is a candidate too
                 if config.eval.baseline:
                     if config.eval.split == "test":
