@@ -2,9 +2,12 @@
 
 A reconstruction of the embedding network of Takashima et al., "Dysarthric Speech Recognition
 Based on Deep Metric Learning", Interspeech 2020 (only the abstract was available; see
-METHODS.md section 6): a small 2-D CNN over time x frequency, optionally a bidirectional GRU,
-then temporal pooling (masked mean, or attention) and a linear projection to an L2-normalised
-embedding.
+METHODS.md section 6): a small 2-D CNN over time x frequency (optionally with residual blocks,
+He et al., "Deep Residual Learning for Image Recognition", CVPR 2016), optionally a bidirectional
+GRU, then temporal pooling (masked mean, attention, or mean + standard deviation "statistics
+pooling" as in the x-vectors of Snyder et al., ICASSP 2018) and a linear projection to an
+L2-normalised embedding. The TDNN (x-vector) frame encoder is
+:class:`deepmetric.models.audio_tdnn.TDNNEmbedder`, a subclass sharing pooling, head and contract.
 
 Padding is never seen: every layer's output is re-zeroed beyond each utterance's length, the
 convolutions keep time resolution (frequency is pooled, time is not), the GRU runs on packed
@@ -46,8 +49,71 @@ def masked_mean(frames: Tensor, mask: Tensor) -> Tensor:
     return (frames * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
+def masked_mean_std(frames: Tensor, mask: Tensor, eps: float = 1e-5) -> Tensor:
+    r"""Statistics pooling: ``[mean, std]`` ``(B, 2D)`` of ``frames (B, T, D)`` over the valid
+    frames of ``mask (B, T)`` (Snyder et al., "X-Vectors: Robust DNN Embeddings for Speaker
+    Recognition", ICASSP 2018). The standard deviation is the population one,
+    :math:`\sqrt{\max(\mathrm{E}[(x-\mu)^2], 0) + \epsilon}` (an utterance of one frame gets
+    :math:`\sqrt{\epsilon}`, and the gradient stays finite)."""
+    weights = mask.to(frames.dtype).unsqueeze(-1)
+    count = weights.sum(dim=1).clamp_min(1.0)
+    mean = (frames * weights).sum(dim=1) / count
+    var = (((frames - mean.unsqueeze(1)) ** 2) * weights).sum(dim=1) / count
+    return torch.cat([mean, torch.sqrt(var.clamp_min(0.0) + eps)], dim=1)
+
+
+#: temporal pooling names of the audio models ("avg" is an alias of "mean")
+POOLINGS = ("mean", "attention", "stats")
+
+
+def check_pooling(pooling: str) -> str:
+    """The canonical pooling name (``"avg"`` -> ``"mean"``); an unknown one is a ValueError."""
+    pooling = "mean" if pooling == "avg" else pooling
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be 'mean' (alias 'avg'), 'attention' or 'stats', got '{pooling}'")
+    return pooling
+
+
+class ResidualBlock2d(nn.Module):
+    """Two 3 x 3 convolutions with BatchNorm and an identity (or 1 x 1 projection) shortcut,
+    ``relu(bn(conv(relu(bn(conv(x))))) + shortcut(x))`` (He et al., CVPR 2016). Padding frames
+    are re-zeroed after the first convolution (``mask (B, 1, T, 1)``) so they never leak into
+    the second one; the caller re-zeroes the output."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=False)
+        self.norm1 = nn.BatchNorm2d(out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, kernel_size=3, padding=1, bias=False)
+        self.norm2 = nn.BatchNorm2d(out_ch)
+        self.shortcut: nn.Module = (
+            nn.Identity() if in_ch == out_ch
+            else nn.Sequential(nn.Conv2d(in_ch, out_ch, kernel_size=1, bias=False), nn.BatchNorm2d(out_ch))
+        )
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        y = F.relu(self.norm1(self.conv1(x))) * mask
+        return F.relu(self.norm2(self.conv2(y)) + self.shortcut(x))
+
+
 class UtteranceEmbedder(nn.Module):
-    """``forward(features (B, T, n_mels), lengths (B,)) -> embeddings (B, embedding_dim)``."""
+    """``forward(features (B, T, n_mels), lengths (B,)) -> embeddings (B, embedding_dim)``.
+
+    Args:
+        n_mels: log-mel bands of the input features (the data loader's ``n_mels``).
+        channels: output channels of the 2-D convolution blocks; each block keeps the time
+            resolution and halves the frequency bands (max-pooling 1 x 2).
+        embedding_dim: size of the embedding.
+        recurrent: a bidirectional GRU (packed sequences) over the CNN's frames before pooling.
+        rnn_hidden: hidden size of each GRU direction.
+        pooling: ``"mean"`` (alias ``"avg"``; masked mean over valid frames), ``"attention"``
+            (:class:`AttentionPooling`) or ``"stats"`` (masked mean and standard deviation,
+            :func:`masked_mean_std`, which doubles the pooled size).
+        normalize: L2-normalise the embedding.
+        dropout: dropout before the linear embedding layer.
+        residual: each block is a :class:`ResidualBlock2d` (two convolutions and a shortcut)
+            instead of one convolution + BatchNorm + ReLU.
+    """
 
     def __init__(
         self,
@@ -59,25 +125,38 @@ class UtteranceEmbedder(nn.Module):
         pooling: str = "mean",
         normalize: bool = True,
         dropout: float = 0.1,
+        residual: bool = False,
     ) -> None:
         super().__init__()
-        pooling = "mean" if pooling == "avg" else pooling
-        if pooling not in ("mean", "attention"):
-            raise ValueError(f"pooling must be 'mean' (alias 'avg') or 'attention', got '{pooling}'")
-        blocks, in_ch, bands = [], 1, n_mels
+        pooling = check_pooling(pooling)
+        blocks: list[nn.Module] = []
+        in_ch, bands = 1, n_mels
         for out_ch in channels:
-            blocks.append(nn.ModuleDict({
-                "conv": nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=False),
-                "norm": nn.BatchNorm2d(out_ch),
-            }))
+            if residual:
+                blocks.append(ResidualBlock2d(in_ch, out_ch))
+            else:
+                blocks.append(nn.ModuleDict({
+                    "conv": nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1, bias=False),
+                    "norm": nn.BatchNorm2d(out_ch),
+                }))
             in_ch, bands = out_ch, max(1, bands // 2)
         self.blocks = nn.ModuleList(blocks)
+        self.residual = residual
         frame_dim = in_ch * bands
         self.rnn = nn.GRU(frame_dim, rnn_hidden, batch_first=True, bidirectional=True) if recurrent else None
         frame_dim = 2 * rnn_hidden if recurrent else frame_dim
+        self._init_pooling_head(frame_dim, embedding_dim, pooling, normalize, dropout, n_mels)
+
+    def _init_pooling_head(
+        self, frame_dim: int, embedding_dim: int, pooling: str, normalize: bool, dropout: float, n_mels: int
+    ) -> None:
+        """Pooling, dropout and the linear embedding layer after a frame encoder of ``frame_dim``
+        features per frame (shared with the subclasses' encoders)."""
+        pooling = check_pooling(pooling)
+        self.pooling = pooling
         self.pool = AttentionPooling(frame_dim) if pooling == "attention" else None
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(frame_dim, embedding_dim)
+        self.head = nn.Linear(2 * frame_dim if pooling == "stats" else frame_dim, embedding_dim)
         self.embedding_dim, self.normalize, self.n_mels = embedding_dim, normalize, n_mels
 
     def train_transform(self):  # noqa: ANN201 - a feature transform, see deepmetric.data.speech
@@ -95,7 +174,10 @@ class UtteranceEmbedder(nn.Module):
         mask = time_mask(lengths, features.shape[1])
         x = features.unsqueeze(1) * mask[:, None, :, None]
         for block in self.blocks:
-            x = F.relu(block["norm"](block["conv"](x)))
+            if isinstance(block, ResidualBlock2d):
+                x = block(x, mask[:, None, :, None])
+            else:
+                x = F.relu(block["norm"](block["conv"](x)))  # type: ignore[index]
             x = F.max_pool2d(x, kernel_size=(1, 2)) if x.shape[-1] > 1 else x
             x = x * mask[:, None, :, None]
         frames = x.permute(0, 2, 1, 3).flatten(2)  # (B, T, C * bands)
@@ -108,6 +190,8 @@ class UtteranceEmbedder(nn.Module):
         return frames, mask
 
     def forward(self, features: Tensor, lengths: Tensor | None = None) -> Tensor:
+        """Embeddings ``(B, embedding_dim)`` of ``features (B, T, n_mels)``; ``lengths (B,)`` are
+        the valid frames of each utterance (None: all ``T``)."""
         if features.dim() != 3 or features.shape[-1] != self.n_mels:
             raise ValueError(
                 f"expected features (batch, frames, {self.n_mels}), got {tuple(features.shape)}"
@@ -115,6 +199,11 @@ class UtteranceEmbedder(nn.Module):
         if lengths is None:
             lengths = torch.full((features.shape[0],), features.shape[1], dtype=torch.long, device=features.device)
         frames, mask = self.frame_features(features, lengths)
-        pooled = self.pool(frames, mask) if self.pool is not None else masked_mean(frames, mask)
+        if self.pool is not None:
+            pooled = self.pool(frames, mask)
+        elif self.pooling == "stats":
+            pooled = masked_mean_std(frames, mask)
+        else:
+            pooled = masked_mean(frames, mask)
         emb = self.head(self.dropout(pooled))
         return F.normalize(emb, dim=1) if self.normalize else emb

@@ -24,6 +24,7 @@ MODELS = Registry(
         "embedder": "deepmetric.models:create_embedder",
         "demal": "deepmetric.models.demal:create_demal",
         "audio_cnn": "deepmetric.models.audio:UtteranceEmbedder",
+        "audio_tdnn": "deepmetric.models.audio_tdnn:TDNNEmbedder",
         "multilevel": "deepmetric.models.multilevel:MultiLevelEmbedder",
         "tracklet": "deepmetric.models.temporal:create_tracklet_model",
     },
