@@ -20,7 +20,7 @@ recall@10 at the chosen nprobe / efSearch, peak resident memory (ru_maxrss, whic
 pages of the memory-mapped gallery the process touched) and peak anonymous memory (sampled every
 20 ms: what the process itself allocated), and the index's bytes per vector on disk.
 
-    python benchmarks/bench_index.py [--quick] [--sizes 1000000] [--kinds exact flat ivf ivfpq hnsw]
+    python benchmarks/bench_index.py [--quick] [--sizes 1000000] [--kinds exact flat ivf ivfpq hnsw] [--nlist N]
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ class AnonPeak:
         return max(self.peak, self._read())
 
 
-def child(kind: str, data_path: str, n_queries: int, threads: int, target: float, work: str) -> dict:
+def child(kind: str, data_path: str, n_queries: int, threads: int, target: float, work: str, nlist: int = 0) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -117,7 +117,8 @@ def child(kind: str, data_path: str, n_queries: int, threads: int, target: float
         from deepmetric.search_index import SearchIndex
 
         index_path = Path(work) / f"{kind}-{n}.index"
-        report = build_index_from_source(data, index_path, kind=kind, target_recall=target, n_queries=1000)
+        report = build_index_from_source(data, index_path, kind=kind, target_recall=target, n_queries=1000,
+                                         nlist=nlist or None)
         index = SearchIndex.load(index_path)  # memory-mapped, as `deepmetric search` opens it
         start = time.perf_counter()
         found, _ = index.search(queries, 10)
@@ -145,11 +146,12 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["exact", "flat", "ivf", "ivfpq", "hnsw"])
     parser.add_argument("--work", default=None, help="folder for the gallery files and indexes (default: temporary)")
     parser.add_argument("--quick", action="store_true", help="100,000 items, 500 queries")
-    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--nlist", type=int, default=0, help="IVF lists (0 = deepmetric index's default, 4 sqrt(N))")
+    parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        kind, path, q, t, target, work = args.child
-        print(json.dumps(child(kind, path, int(q), int(t), float(target), work)))
+        kind, path, q, t, target, work, nlist = args.child
+        print(json.dumps(child(kind, path, int(q), int(t), float(target), work, int(nlist))))
         return
     sizes, n_queries = ([100_000], 500) if args.quick else (args.sizes, args.queries)
     print(f"# k = 10, {n_queries} held-out queries, dim {args.dim}, gallery stored as {args.dtype}, {args.threads} threads, "
@@ -167,7 +169,7 @@ def main() -> None:
             for kind in args.kinds:
                 start = time.perf_counter()
                 out = subprocess.run([sys.executable, __file__, "--child", kind, str(data), str(n_queries), str(args.threads),
-                                      str(args.target_recall), work], capture_output=True, text=True, env=env, check=False)
+                                      str(args.target_recall), work, str(args.nlist)], capture_output=True, text=True, env=env, check=False)
                 wall = time.perf_counter() - start
                 if out.returncode != 0:
                     last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"

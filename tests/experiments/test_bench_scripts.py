@@ -173,3 +173,53 @@ def test_batches_never_ask_for_more_classes_than_the_training_split_has(name: st
         n_train = n_classes - round(n_classes * spec["params"]["test_fraction"])
         p = spec.get("pk", (8, 4))[0]
         assert p <= n_train, f"{dataset}: P = {p} but only {n_train} training classes"
+
+
+def test_transfer_evidence_selects_on_validation_classes_and_splits_cars_by_class_order(tmp_path: Path) -> None:
+    transfer = _load("evidence_transfer")
+    for i in range(1, 5):  # a cars-like folder: classes 001..004, two images each
+        folder = tmp_path / "cars" / f"{i:03d}.Car_{i}"
+        folder.mkdir(parents=True)
+        for j in range(2):
+            (folder / f"{j}.jpg").write_bytes(b"")
+    rows = (transfer.cars_manifest(tmp_path / "cars", tmp_path / "m.csv")).read_text().splitlines()
+    assert rows[0] == "path,label,split" and len(rows) == 9
+    split_of = {row.split(",")[1]: row.split(",")[2] for row in rows[1:]}
+    assert all(split_of[name] == "train" for name in split_of)  # all 4 classes fall in 1..49
+    config = transfer.config_for("olivetti", "osm_caa", "all", 1, 60, 64, 3e-4, tmp_path)
+    # model selection never looks at the test split: held-out training classes, untrained network a candidate
+    assert (config.eval.split, config.data.val_by, config.eval.checkpoint, config.eval.baseline) == (
+        "val", "classes", "best", True)
+    assert config.finetune.linear_probe_steps == 12 and config.finetune.ema_decay == 0.99
+    assert config.finetune.wise_alphas == [0.0, 0.25, 0.5, 0.75, 1.0]
+    plain = transfer.config_for("olivetti", "osm_caa", "plain", 1, 60, 64, 3e-4, tmp_path)
+    assert plain.finetune.linear_probe_steps == 0 and plain.finetune.wise_alphas is None
+    assert "ntxent" not in transfer.registry_losses() and "osm_caa" in transfer.registry_losses()
+    table = transfer.table([
+        {"dataset": "d", "loss": "l", "variant": "plain", "recall@1": r, "map@r": m, "base_r1": 0.5,
+         "base_map": 0.2, "wall": 1.0} for r, m in ((0.6, 0.3), (0.5, 0.25))])
+    assert "| d | l | plain | 2 | 55.0 ± 7.1 | 27.5 ± 3.5 |" in table and "| yes |" in table
+    worse = transfer.table([{"dataset": "d", "loss": "l", "variant": "plain", "recall@1": 0.49, "map@r": 0.3,
+                             "base_r1": 0.5, "base_map": 0.2, "wall": 1.0}])
+    assert "| no |" in worse  # one seed below the untrained Recall@1 is a failure of the target
+
+
+def test_default_sweep_scores_candidates_on_validation_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sweep = _load("sweep_defaults")
+    import deepmetric.training
+
+    seen = []
+
+    def fake_fit(config, run_dir, **_):  # noqa: ANN001, ANN202
+        seen.append(config)
+        return {"best": {"value": 0.7, "step": 20}, "evaluations": [{"metrics": {"map@r": 0.5}}],
+                "test": {"map@r": 0.99, "recall@1": 0.99}}
+
+    monkeypatch.setattr(deepmetric.training, "fit", fake_fit)
+    row = sweep.run_candidate("olivetti", "osm_caa", {"ce_weight": 0.1, "finetune": {"linear_probe_fraction": 0.2}},
+                              0, 50, 64, 3e-4, tmp_path)
+    assert row["val_map"] == 0.7 and row["val_untrained"] == 0.5 and 0.99 not in row.values()
+    config = seen[0]
+    assert config.eval.split == "val" and config.data.val_by == "classes"
+    assert config.loss.params == {"ce_weight": 0.1} and config.finetune.linear_probe_steps == 10
+    assert all(candidates[0] == {} for candidates in sweep.GRIDS.values())  # the current defaults compete
