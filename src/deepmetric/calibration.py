@@ -42,7 +42,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 
 from deepmetric.errors import ConfigError, DataError
 from deepmetric.evaluation.verification import (
@@ -51,6 +50,7 @@ from deepmetric.evaluation.verification import (
     check_rate,
     roc_curve,
 )
+from deepmetric.run_files import CALIBRATION_FILE, CalibrationFile, load_calibration
 
 __all__ = [
     "CALIBRATION_FILE",
@@ -65,39 +65,7 @@ __all__ = [
     "match",
 ]
 
-#: file name of a run's calibration, inside the run folder
-CALIBRATION_FILE = "calibration.json"
 DECISIONS = ("match", "no match", "unknown")
-
-
-class CalibrationFile(BaseModel):
-    """``RUN/calibration.json``: the matching threshold and what it achieved on the validation pairs."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    metric: Literal["cosine", "euclidean"]
-    #: how a pair is accepted: "similarity >= threshold" (cosine) or "distance <= threshold"
-    accept: Literal["similarity >= threshold", "distance <= threshold"]
-    threshold: float
-    target: Literal["far", "precision"]
-    target_value: float
-    #: rates at the threshold on the validation pairs
-    far: float
-    tar: float
-    frr: float
-    precision: float
-    recall: float
-    split: str
-    checkpoint: str
-    n_items: int
-    n_classes: int
-    n_genuine_pairs: int
-    n_impostor_pairs: int
-    n_pairs_used: int
-    pairs_sampled: bool
-    max_pairs: int
-    seed: int
-    notes: list[str] = []
 
 
 Calibration = CalibrationFile  # the in-memory result is the file's model
@@ -246,21 +214,6 @@ def calibrate_run(
 
         write_run_file(calibration, path)
     return calibration, path
-
-
-def load_calibration(source: str | Path) -> CalibrationFile:
-    """The :class:`CalibrationFile` of a run folder (``RUN/calibration.json``) or of the file itself.
-
-    One-line :class:`DataError` for a missing, non-JSON or off-schema file.
-    """
-    from deepmetric.run_files import _read
-
-    path = Path(source)
-    if path.is_file() and path.suffix == ".pt":  # a checkpoint inside RUN/checkpoints/
-        path = path.parent.parent
-    if path.is_dir():
-        path = path / CALIBRATION_FILE
-    return _read(path, CalibrationFile, "`deepmetric calibrate RUN`")
 
 
 # ------------------------------------------------------------------------------------ matching

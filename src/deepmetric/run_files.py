@@ -31,7 +31,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 from pydantic import (
@@ -47,11 +47,13 @@ from deepmetric.errors import DataError
 
 __all__ = [
     "ALL_GROUP",
+    "CALIBRATION_FILE",
     "MAX_FILE_BYTES",
     "METRICS_FILE",
     "SUMMARY_FILE",
     "Baseline",
     "Best",
+    "CalibrationFile",
     "Evaluation",
     "MetricStat",
     "MetricsFile",
@@ -59,6 +61,7 @@ __all__ = [
     "SummaryFile",
     "Wise",
     "WiseRow",
+    "load_calibration",
     "metric_stats",
     "read_metrics",
     "read_summary",
@@ -386,3 +389,50 @@ def write_run_file(model: BaseModel, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+#: file name of a run's calibration, inside the run folder
+CALIBRATION_FILE = "calibration.json"
+
+
+class CalibrationFile(BaseModel):
+    """``RUN/calibration.json``: the matching threshold and what it achieved on the validation pairs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: Literal["cosine", "euclidean"]
+    #: how a pair is accepted: "similarity >= threshold" (cosine) or "distance <= threshold"
+    accept: Literal["similarity >= threshold", "distance <= threshold"]
+    threshold: float
+    target: Literal["far", "precision"]
+    target_value: float
+    #: rates at the threshold on the validation pairs
+    far: float
+    tar: float
+    frr: float
+    precision: float
+    recall: float
+    split: str
+    checkpoint: str
+    n_items: int
+    n_classes: int
+    n_genuine_pairs: int
+    n_impostor_pairs: int
+    n_pairs_used: int
+    pairs_sampled: bool
+    max_pairs: int
+    seed: int
+    notes: list[str] = []
+
+
+def load_calibration(source: str | Path) -> CalibrationFile:
+    """The :class:`CalibrationFile` of a run folder (``RUN/calibration.json``) or of the file itself.
+
+    One-line :class:`DataError` for a missing, non-JSON or off-schema file.
+    """
+    path = Path(source)
+    if path.is_file() and path.suffix == ".pt":  # a checkpoint inside RUN/checkpoints/
+        path = path.parent.parent
+    if path.is_dir():
+        path = path / CALIBRATION_FILE
+    return _read(path, CalibrationFile, "`deepmetric calibrate RUN`")

@@ -39,10 +39,10 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from deepmetric.calibration import CALIBRATION_FILE, CalibrationFile, load_calibration
 from deepmetric.errors import DataError
 from deepmetric.evaluation.plots import _save
 from deepmetric.evaluation.verification import RocCurve, equal_error_rate, pair_scores, roc_from_scores
+from deepmetric.run_files import CALIBRATION_FILE, CalibrationFile, load_calibration
 
 __all__ = [
     "POINT_GID",
