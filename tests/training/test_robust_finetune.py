@@ -448,3 +448,28 @@ def test_two_processes_train_the_same_robust_run_as_one(tmp_path: Path, monkeypa
         torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-5)
     assert [r["alpha"] for r in one["wise"]["table"]] == [r["alpha"] for r in two["wise"]["table"]] == [0.0, 1.0]
     assert [e["step"] for e in one["evaluations"]] == [e["step"] for e in two["evaluations"]] == [0, 5]
+
+
+def test_the_report_shows_the_ema_and_wise_tables_of_metrics_json(tmp_path: Path) -> None:
+    import re
+
+    from deepmetric.evaluation.report import write_report
+
+    summary = fit(toy_config(*BASE, "finetune.ema_decay=0.5", "finetune.ema_start_step=1",
+                             "finetune.wise_alphas=[0, 0.5, 1]", "trainer.steps=6", "trainer.eval_every=2"),
+                  tmp_path, progress=False, report=False)
+    page = write_report(tmp_path).read_text(encoding="utf-8")
+    assert "Robust fine-tuning" in page
+    section = page[page.index("Robust fine-tuning"):]
+    ema_rows = re.findall(r"<tr><td>(\d+)</td><td>([-\d.]+)</td><td>([-\d.]+)</td><td>(\w+)</td></tr>", section)
+    with_ema = [e for e in summary["evaluations"] if e.get("ema")]
+    assert [int(r[0]) for r in ema_rows] == [e["step"] for e in with_ema] and with_ema
+    for (_, raw, avg, _), e in zip(ema_rows, with_ema):
+        assert float(raw) == pytest.approx(e["metrics"]["recall@1"], abs=5e-5)
+        assert float(avg) == pytest.approx(e["ema"]["recall@1"], abs=5e-5)
+    alphas = re.findall(r"<tr><td>([\d.]+)</td><td>([-\d.]+)</td><td>(yes)?</td></tr>", section)
+    assert [float(a) for a, _, _ in alphas] == [0.0, 0.5, 1.0]
+    assert [float(a) for a, _, chosen in alphas if chosen] == [summary["wise"]["alpha"]]
+    plain = tmp_path / "plain"
+    fit(toy_config(*BASE, "trainer.steps=2"), plain, progress=False, report=False)
+    assert "Robust fine-tuning" not in write_report(plain).read_text(encoding="utf-8")

@@ -48,6 +48,7 @@ import numpy as np
 
 from deepmetric.errors import ConfigError, DataError
 from deepmetric.evaluation import plots
+from deepmetric.evaluation.finetune_report import finetune_html
 from deepmetric.evaluation.report_html import (  # noqa: F401  (re-exported: order_metrics, is_count)
     fmt,
     is_count,
@@ -424,9 +425,12 @@ def _best_line(m: MetricsFile | None) -> list[str]:
     if m is None or m.best is None:
         return []
     e = html.escape
+    which = " (the weights' moving average)" if m.best.weights == "ema" else ""
+    source = ("WiSE-FT's interpolation of this checkpoint with the step-0 weights (see below)" if m.wise is not None
+              else "this checkpoint")
     return [
-        f"<p>Best checkpoint: step {m.best.step}, {e(m.best.metric)} = {fmt(m.best.value)} "
-        f"(chosen on the {e(m.selection_split)} split; the test metrics above are of this checkpoint"
+        f"<p>Best checkpoint: step {m.best.step}{which}, {e(m.best.metric)} = {fmt(m.best.value)} "
+        f"(chosen on the {e(m.selection_split)} split; the test metrics above are of {source}"
         f"{', so they are optimistic' if m.selection_split == 'test' else ''}).</p>"
     ]
 
@@ -483,7 +487,7 @@ def render_html(data: RunData, made: Mapping[str, Path]) -> str:
     m = data.metrics
     parts = page_head("deepmetric run report", data.run_dir)
     parts += warnings_html(m.warnings if m is not None else [])
-    parts += ["<h2>Test metrics</h2>", *_metrics_table(m), *_best_line(m)]
+    parts += ["<h2>Test metrics</h2>", *_metrics_table(m), *_best_line(m), *finetune_html(m)]
     for key in ("loss", "metrics", "recall", "projection", "retrieval"):
         if key in made:
             parts.append(_image(data.run_dir, made[key], *CAPTIONS[key]))
