@@ -65,6 +65,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
 SKIP = {"ntxent"}
 
 
+#: losses whose batches are laid out as triplets [anchors; positives; negatives]
+TRIPLET_LAYOUT = {"triplet_hybrid"}
+
+
+def sampler_for(loss: str, p: int, k: int) -> dict[str, Any]:
+    """P x K batches; a triplet-layout loss gets the triplet sampler at about the same batch size."""
+    if loss in TRIPLET_LAYOUT:
+        return {"name": "triplet", "triplets_per_batch": max(1, p * k // 3)}
+    return {"name": "pk", "p": p, "k": k}
+
+
 def registry_losses() -> list[str]:
     from deepmetric.losses import LOSSES
 
@@ -111,7 +122,7 @@ def config_for(dataset: str, loss: str, variant: str, seed: int, steps: int, ima
     return Config.model_validate({
         "seed": seed, "device": "cpu",
         "data": data_section(dataset, image_size, scratch),
-        "sampler": {"name": "pk", "p": p, "k": k},
+        "sampler": sampler_for(loss, p, k),
         "model": {"backbone": "tf_efficientnet_lite0", "pretrained": "offline", "embedding_dim": 128},
         "loss": {"name": loss, "params": dict(loss_params or {})},
         "optimizer": {"name": "adamw", "lr": lr},

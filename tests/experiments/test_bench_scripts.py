@@ -195,6 +195,8 @@ def test_transfer_evidence_selects_on_validation_classes_and_splits_cars_by_clas
     plain = transfer.config_for("olivetti", "osm_caa", "plain", 1, 60, 64, 3e-4, tmp_path)
     assert plain.finetune.linear_probe_steps == 0 and plain.finetune.wise_alphas is None
     assert "ntxent" not in transfer.registry_losses() and "osm_caa" in transfer.registry_losses()
+    triplets = transfer.config_for("rsscn7", "triplet_hybrid", "plain", 0, 60, 64, 3e-4, tmp_path).sampler
+    assert triplets.name == "triplet" and triplets.triplets_per_batch == 10  # 4 x 8 = 32 images -> 10 triplets
     table = transfer.table([
         {"dataset": "d", "loss": "l", "variant": "plain", "recall@1": r, "map@r": m, "base_r1": 0.5,
          "base_map": 0.2, "wall": 1.0} for r, m in ((0.6, 0.3), (0.5, 0.25))])
