@@ -138,7 +138,7 @@ class ModelConfig(_Section):
 
     name: str = Field(
         "embedder",
-        description="model builder from the model registry (embedder, multilevel, demal, audio_cnn, "
+        description="model builder from the model registry (embedder, multilevel, demal, audio_cnn, audio_tdnn, "
         "tracklet) or an import path package.module:Name to your own nn.Module class or builder",
     )
     backbone: str = Field("tf_efficientnet_lite0", description="backbone architecture name")
