@@ -66,7 +66,7 @@ from deepmetric.training.run_lock import RunLock
 from deepmetric.training.selection import fitted_sampler, item_validation_warning
 from deepmetric.training.schedule import apply_lr, effective_warmup, lr_factor
 from deepmetric.training.seed import derive_seed, get_rng_state, resolve_device, seed_everything, seed_step, set_rng_state
-from deepmetric.training.views import SeededItems
+from deepmetric.training.views import SeededItems, seeded_batches
 
 __all__ = ["DEFAULT_STEPS", "RESUMABLE_CHANGES", "RunInterrupted", "config_differences", "fit"]
 
@@ -487,16 +487,14 @@ class _Run:
     # ---------------------------------------------------------------- training
     def batches(self) -> Iterator[tuple[Any, Tensor]]:
         """Training batches from the current (epoch, batch_in_epoch) on, forever (epoch after
-        epoch); item seeds depend on (seed, epoch, batch, position) only."""
+        epoch); item seeds depend on (seed, epoch, global batch index, position) only."""
         train = SeededItems(self.splits.train)
         seed = self.config.seed
         while True:
             self.sampler.set_epoch(self.epoch)
             epoch_batches = [list(b) for b in self.sampler]
-            keyed = [
-                [(int(i), derive_seed(seed, "item", self.epoch, b, j)) for j, i in enumerate(batch)]
-                for b, batch in enumerate(epoch_batches)
-            ][self.batch_in_epoch:]
+            keyed = seeded_batches(epoch_batches, seed, self.epoch, dist_utils.rank(),
+                                   self.world_size)[self.batch_in_epoch:]
             loader = DataLoader(
                 train, batch_sampler=keyed, num_workers=self.workers,
                 collate_fn=getattr(self.splits.train, "collate_fn", None),

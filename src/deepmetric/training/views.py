@@ -20,8 +20,9 @@ import torch
 from torch.utils.data import Dataset
 
 from deepmetric.errors import DataError
+from deepmetric.training.seed import derive_seed
 
-__all__ = ["ITEM_ATTRIBUTES", "SeededItems", "SubsetView", "carve_validation", "dataset_labels"]
+__all__ = ["ITEM_ATTRIBUTES", "SeededItems", "SubsetView", "carve_validation", "dataset_labels", "seeded_batches"]
 
 #: per-item attributes of a dataset that a subset keeps (re-ID cameras and identities, speakers)
 ITEM_ATTRIBUTES = ("cameras", "persons", "speakers")
@@ -135,3 +136,16 @@ class SeededItems(Dataset):
         np.random.seed(seed % 2**32)
         random.seed(seed)
         return self.base[index]
+
+
+def seeded_batches(batches: Sequence[Sequence[int]], seed: int, epoch: int, rank: int = 0,
+                   world_size: int = 1) -> list[list[tuple[int, int]]]:
+    """``(item index, item seed)`` for every item of this rank's ``batches`` of ``epoch``: the
+    seed depends on (seed, epoch, GLOBAL batch index, position). Rank ``r`` of ``world_size``
+    draws the global batches ``r, r + world_size, ...``, so its local batch ``b`` is global batch
+    ``b x world_size + r``: two ranks never augment with the same seeds, and one process (``b``
+    itself) is unchanged."""
+    return [
+        [(int(i), derive_seed(seed, "item", epoch, b * world_size + rank, j)) for j, i in enumerate(batch)]
+        for b, batch in enumerate(batches)
+    ]
