@@ -112,14 +112,14 @@ class FitSteps:
 
     def steps(self, n: int) -> list[Clock]:
         """(CPU s, wall s) of ``n`` consecutive steps (``train_step`` entry to the next entry)."""
-        from deepmetric.training.fit import _Interrupt
+        from deepmetric.training.interrupt import Interrupt
 
         previous = torch.are_deterministic_algorithms_enabled()
         torch.use_deterministic_algorithms(self.run.config.deterministic, warn_only=True)
         self.stamps = []
         self.run.total_steps = self.run.step + n + 1
         try:
-            with _Interrupt() as interrupt:
+            with Interrupt() as interrupt:
                 self.run.train(interrupt)
         finally:
             torch.use_deterministic_algorithms(previous, warn_only=True)

@@ -22,8 +22,8 @@ from deepmetric.errors import ConfigError, DataError
 from deepmetric.losses import build_loss, check_kwargs
 from deepmetric.models.registry import MODELS
 from deepmetric.registry import Registry, import_path
-from deepmetric.training.views import SubsetView, carve_validation, dataset_labels
 from deepmetric.training.selection import validation_plan
+from deepmetric.training.views import SubsetView, carve_validation, dataset_labels
 
 __all__ = [
     "DATASET_REGISTRY",

@@ -29,7 +29,6 @@ import os
 import shutil
 import signal
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +41,9 @@ from torch.utils.data import DataLoader
 
 from deepmetric.config import Config, config_to_yaml, load_config, save_config
 from deepmetric.errors import ConfigError, DataError, DeepMetricError
+from deepmetric.models.contracts import trained_outputs
+from deepmetric.run_files import MetricsFile, write_run_file
+from deepmetric.training import distributed as dist_utils
 from deepmetric.training.builders import (
     Splits,
     build_datasets,
@@ -50,101 +52,34 @@ from deepmetric.training.builders import (
     build_sampler,
     embedding_dim_of,
 )
-from deepmetric.run_files import MetricsFile, write_run_file
 from deepmetric.training.checkpoint import init_weights, load_checkpoint, save_checkpoint, save_npz
 from deepmetric.training.csv_log import CsvLog
-from deepmetric.training import distributed as dist_utils
 from deepmetric.training.embed import class_names_of, dataset_paths, forward_batch, to_device
-from deepmetric.models.contracts import trained_outputs
 from deepmetric.training.eval_protocols import EvalInputs, build_eval_protocol
 from deepmetric.training.evaluate import select_value
+from deepmetric.training.interrupt import Interrupt, RunInterrupted
 from deepmetric.training.optim import build_optimizer
 from deepmetric.training.parts import PartsFile, unrecorded_warning, write_parts
+from deepmetric.training.resume import RESUMABLE_CHANGES, check_resume_config, config_differences
 from deepmetric.training.robust import BackboneFreeze, WeightEMA, interpolate_state, swapped_weights
 from deepmetric.training.run_folder import RunPaths
 from deepmetric.training.run_lock import RunLock
-from deepmetric.training.selection import fitted_sampler, item_validation_warning
 from deepmetric.training.schedule import apply_lr, effective_warmup, lr_factor
-from deepmetric.training.seed import derive_seed, get_rng_state, resolve_device, seed_everything, seed_step, set_rng_state
+from deepmetric.training.seed import (
+    derive_seed,
+    get_rng_state,
+    resolve_device,
+    seed_everything,
+    seed_step,
+    set_rng_state,
+)
+from deepmetric.training.selection import fitted_sampler, item_validation_warning
 from deepmetric.training.views import SeededItems, seeded_batches
 
 __all__ = ["DEFAULT_STEPS", "RESUMABLE_CHANGES", "RunInterrupted", "config_differences", "fit"]
 
 #: training length when neither trainer.steps nor trainer.epochs is set
 DEFAULT_STEPS = 1000
-
-#: config keys that may differ between a run and its resumption
-RESUMABLE_CHANGES = (
-    "trainer.steps", "trainer.epochs", "trainer.eval_every", "trainer.checkpoint_every",
-    "trainer.log_every", "trainer.early_stopping_patience", "data.num_workers", "device",
-    "eval.batch_size",
-)
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """Training stopped by a signal after saving ``checkpoints/last.pt``; ``signum`` is SIGINT
-    (Ctrl-C) or SIGTERM (what cluster schedulers send before preemption), ``step`` the saved step."""
-
-    def __init__(self, signum: int, step: int | None = None, run_dir: Path | None = None) -> None:
-        super().__init__(signum)
-        self.signum, self.step, self.run_dir = signum, step, run_dir
-
-
-class _Interrupt:
-    """While active, the first SIGINT (Ctrl-C) or SIGTERM only sets a flag, checked between steps
-    (the step finishes and ``last.pt`` is written); a second one interrupts immediately.
-    Inactive outside the main thread."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.requested: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _Interrupt:
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested is not None:
-            raise RunInterrupted(signum)
-        self.requested = signum
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and k != "params" and not k.endswith("_params"):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def config_differences(saved: Config, config: Config) -> list[str]:
-    """Dotted keys whose values differ between two configs, except :data:`RESUMABLE_CHANGES`."""
-    before, now = _flatten(saved.to_dict()), _flatten(config.to_dict())
-    return sorted(k for k in set(now) | set(before) if before.get(k) != now.get(k) and k not in RESUMABLE_CHANGES)
-
-
-def _check_resume_config(saved_path: Path, config: Config) -> dict[str, tuple[Any, Any]]:
-    """The resumable keys that change (``{key: (saved, now)}``); any other change is an error."""
-    saved = load_config(saved_path)
-    changed = config_differences(saved, config)
-    if changed:
-        raise ConfigError(
-            f"cannot resume: the config differs from the run's config.yaml in {', '.join(changed)}; "
-            f"resume with the saved config (only {', '.join(RESUMABLE_CHANGES)} may change) or start a new run folder"
-        )
-    before, now = _flatten(saved.to_dict()), _flatten(config.to_dict())
-    return {k: (before.get(k), now.get(k)) for k in RESUMABLE_CHANGES if before.get(k) != now.get(k)}
-
 
 def _clean(metrics: dict[str, float]) -> dict[str, float | None]:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
@@ -540,7 +475,7 @@ class _Run:
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
-    def train(self, interrupt: _Interrupt) -> None:
+    def train(self, interrupt: Interrupt) -> None:
         cfg = self.config.trainer
         log = CsvLog(self.paths.log if self.main else os.devnull, resume_step=self.step)
         bar = None
@@ -769,7 +704,7 @@ def _fit_locked(
                 f"cannot resume: '{paths.config}' is missing, so the run's settings cannot be checked; restore it "
                 "or start a new run folder"
             )
-        changes = _check_resume_config(paths.config, config)
+        changes = check_resume_config(paths.config, config)
     elif paths.last.is_file():
         raise ConfigError(
             f"run folder '{paths.root}' already holds a checkpoint; resume it (--resume / resume=True) "
@@ -796,7 +731,7 @@ def _fit_locked(
                 print(f"resuming {paths.root} from step {run.step} of {run.total_steps}", file=sys.stderr)
                 for key, (before, after) in changes.items():
                     print(f"  changed on resume: {key} {before} -> {after}", file=sys.stderr)
-        with _Interrupt() as interrupt:  # first Ctrl-C / SIGTERM: finish the step, save last.pt, stop
+        with Interrupt() as interrupt:  # first Ctrl-C / SIGTERM: finish the step, save last.pt, stop
             if not resume:
                 run.save_initial()
                 run.periodic_evaluation()  # step 0: the untrained network is a candidate too
