@@ -225,3 +225,8 @@ def test_default_sweep_scores_candidates_on_validation_only(tmp_path: Path, monk
     assert config.eval.split == "val" and config.data.val_by == "classes"
     assert config.loss.params == {"ce_weight": 0.1} and config.finetune.linear_probe_steps == 10
     assert all(candidates[0] == {} for candidates in sweep.GRIDS.values())  # the current defaults compete
+    # a candidate replaces the defaults only when it beats them by more than the noise margin
+    defaults, small, large = {}, {"scale": 16.0}, {"scale": 32.0}
+    assert sweep.choose([(0.60, defaults, None), (0.615, small, None)], 0.02) is defaults
+    assert sweep.choose([(0.60, defaults, None), (0.615, small, None), (0.63, large, None)], 0.02) is large
+    assert sweep.choose([(0.60, defaults, None), (0.59, small, None)], 0.0) is defaults

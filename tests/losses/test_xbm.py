@@ -360,8 +360,8 @@ def test_trainer_resume_with_memory_is_exact(tmp_path, monkeypatch: pytest.Monke
     monkeypatch.setitem(builders.MODEL_REGISTRY, "tiny", tiny_model)
     original = builders.build_loss_from_config
 
-    def with_memory(config, num_classes, embedding_dim, outputs=None):  # type: ignore[no-untyped-def]
-        return CrossBatchMemory(original(config, num_classes, embedding_dim, outputs), 20, start_step=2,
+    def with_memory(config, num_classes, embedding_dim, outputs=None, **kwargs):  # type: ignore[no-untyped-def]
+        return CrossBatchMemory(original(config, num_classes, embedding_dim, outputs, **kwargs), 20, start_step=2,
                                 embedding_dim=embedding_dim)
 
     monkeypatch.setattr(fit_module, "build_loss_from_config", with_memory)

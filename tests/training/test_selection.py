@@ -12,12 +12,14 @@ from deepmetric.training.selection import fitted_sampler, validation_plan
 from toy_training import toy_config, toy_dataset, toy_registries  # noqa: F401  (fixture)
 
 
-def test_class_validation_falls_back_to_items_when_fewer_than_four_classes_would_train() -> None:
+def test_class_validation_falls_back_to_items_when_fewer_than_three_classes_would_train() -> None:
     assert validation_plan("classes", 6, 0.2) == ("classes", None)  # 2 held out, 4 train
     assert validation_plan("classes", 20, 0.2) == ("classes", None)  # 4 held out, 16 train
-    by, note = validation_plan("classes", 5, 0.2)  # 2 held out would leave 3
-    assert by == "items" and "5 classes" in note and "leave 3" in note and "saturates" in note
-    assert validation_plan("classes", 10, 0.7)[0] == "items"  # 7 held out would leave 3
+    assert validation_plan("classes", 5, 0.2) == ("classes", None)  # 2 held out, 3 train
+    by, note = validation_plan("classes", 4, 0.25)  # RSSCN7 zero-shot: 2 held out would leave 2
+    assert by == "items" and "4 classes" in note and "leave 2" in note and "saturates" in note
+    assert validation_plan("classes", 10, 0.7) == ("classes", None)  # 7 held out, 3 train
+    assert validation_plan("classes", 10, 0.8)[0] == "items"  # 8 held out would leave 2
     assert validation_plan("items", 3, 0.2) == ("items", None)
     assert validation_plan("classes", 3, 0.0) == ("classes", None)  # no validation at all
 

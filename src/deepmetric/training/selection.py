@@ -7,8 +7,9 @@ items of every training class measures classes the network trains on; it saturat
 steps (MAP@R 0.95-0.98) and cannot tell which checkpoint transfers to unseen classes. The rules:
 
 * :func:`validation_plan` -- ``data.val_by: classes`` holds out ``max(2, round(fraction x C))``
-  whole classes; when that would leave fewer than 4 classes to train on (a metric loss learns
-  little from 2 or 3 classes), it falls back to ``data.val_by: items`` and says so
+  whole classes; when that would leave fewer than 3 classes to train on (with 2, every negative of
+  a class comes from the one other class, and RSSCN7's 4 training classes would train on 2), it
+  falls back to ``data.val_by: items`` and says so
   (the untrained network, evaluated at step 0, stays a candidate for ``best.pt``, so selection
   can still prefer it);
 * :func:`fitted_sampler` -- when the held-out classes leave fewer training classes than
@@ -30,7 +31,7 @@ from deepmetric.errors import DataError
 __all__ = ["MIN_TRAINING_CLASSES", "fitted_sampler", "item_validation_warning", "validation_plan"]
 
 #: training classes that must stay after whole classes are held out for validation
-MIN_TRAINING_CLASSES = 4
+MIN_TRAINING_CLASSES = 3
 
 
 def validation_plan(val_by: str, n_classes: int, fraction: float) -> tuple[str, str | None]:
