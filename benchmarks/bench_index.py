@@ -13,7 +13,9 @@ subprocess, so peaks do not mix:
   the smallest value with recall@10 >= ``--target-recall`` on 1,000 gallery queries; the index is
   then opened the way ``deepmetric search`` opens it (memory-mapped) and timed on ``--queries``
   *other* gallery items, whose recall@10 against exact search (streamed over the file) is
-  reported.
+  reported. ``--rerank R`` builds the faiss kinds with exact re-ranking of ``R x 10`` candidates
+  read from the gallery file (tuning and the timed searches both re-rank; the row is labelled
+  "+ re-rank xR").
 
 Columns: build (train + add), query time for Q queries and the extrapolated full N-query pass,
 recall@10 at the chosen nprobe / efSearch, peak resident memory (ru_maxrss, which counts the
@@ -21,6 +23,7 @@ pages of the memory-mapped gallery the process touched) and peak anonymous memor
 20 ms: what the process itself allocated), and the index's bytes per vector on disk.
 
     python benchmarks/bench_index.py [--quick] [--sizes 1000000] [--kinds exact flat ivf ivfpq hnsw] [--nlist N]
+        [--rerank R]
 """
 
 from __future__ import annotations
@@ -89,7 +92,15 @@ class AnonPeak:
         return max(self.peak, self._read())
 
 
-def child(kind: str, data_path: str, n_queries: int, threads: int, target: float, work: str, nlist: int = 0) -> dict:
+def label(kind: str, rerank: int, pq_m: int | None = None) -> str:
+    """The method column: ``faiss IVF-PQ``, or with re-ranking ``faiss IVF-PQ (m=16) + re-rank x10``."""
+    if not rerank or kind == "exact":
+        return LABELS[kind]
+    return LABELS[kind] + (f" (m={pq_m})" if kind == "ivfpq" and pq_m else "") + f" + re-rank x{rerank}"
+
+
+def child(kind: str, data_path: str, n_queries: int, threads: int, target: float, work: str, nlist: int = 0,
+          rerank: int = 0) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -118,8 +129,8 @@ def child(kind: str, data_path: str, n_queries: int, threads: int, target: float
 
         index_path = Path(work) / f"{kind}-{n}.index"
         report = build_index_from_source(data, index_path, kind=kind, target_recall=target, n_queries=1000,
-                                         nlist=nlist or None)
-        index = SearchIndex.load(index_path)  # memory-mapped, as `deepmetric search` opens it
+                                         nlist=nlist or None, rerank=rerank)
+        index = SearchIndex.load(index_path)  # memory-mapped, as `deepmetric search` opens it (re-ranks as built)
         start = time.perf_counter()
         found, _ = index.search(queries, 10)
         query_s = time.perf_counter() - start
@@ -129,7 +140,7 @@ def child(kind: str, data_path: str, n_queries: int, threads: int, target: float
                  f"efSearch {report.ef_search}" if report.ef_search else "-")
         out.update(build_s=report.build_seconds, tune_s=report.measure_seconds, query_s=query_s, recall=recall,
                    param=param + ("" if report.target_reached in (None, True) else " (target missed)"),
-                   bytes_per_vector=index_path.stat().st_size / n)
+                   bytes_per_vector=index_path.stat().st_size / n, pq_m=index.sidecar.pq_m if index.sidecar else None)
     out.update(full_pass_s=out["query_s"] * n / n_queries,
                peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, peak_anon_mb=anon.stop() / 2**20)
     return out
@@ -147,11 +158,13 @@ def main() -> None:
     parser.add_argument("--work", default=None, help="folder for the gallery files and indexes (default: temporary)")
     parser.add_argument("--quick", action="store_true", help="100,000 items, 500 queries")
     parser.add_argument("--nlist", type=int, default=0, help="IVF lists (0 = deepmetric index's default, 4 sqrt(N))")
-    parser.add_argument("--child", nargs=7, help=argparse.SUPPRESS)
+    parser.add_argument("--rerank", type=int, default=0, metavar="R",
+                        help="faiss kinds: re-rank R x 10 candidates exactly from the gallery file (default: 0, off)")
+    parser.add_argument("--child", nargs=8, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        kind, path, q, t, target, work, nlist = args.child
-        print(json.dumps(child(kind, path, int(q), int(t), float(target), work, int(nlist))))
+        kind, path, q, t, target, work, nlist, rerank = args.child
+        print(json.dumps(child(kind, path, int(q), int(t), float(target), work, int(nlist), int(rerank))))
         return
     sizes, n_queries = ([100_000], 500) if args.quick else (args.sizes, args.queries)
     print(f"# k = 10, {n_queries} held-out queries, dim {args.dim}, gallery stored as {args.dtype}, {args.threads} threads, "
@@ -169,14 +182,16 @@ def main() -> None:
             for kind in args.kinds:
                 start = time.perf_counter()
                 out = subprocess.run([sys.executable, __file__, "--child", kind, str(data), str(n_queries), str(args.threads),
-                                      str(args.target_recall), work, str(args.nlist)], capture_output=True, text=True, env=env, check=False)
+                                      str(args.target_recall), work, str(args.nlist), str(args.rerank)],
+                                     capture_output=True, text=True, env=env, check=False)
                 wall = time.perf_counter() - start
                 if out.returncode != 0:
                     last = out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"
-                    print(f"| {n:,} | {LABELS[kind]} | failed after {wall:.0f} s: {last} |", flush=True)
+                    print(f"| {n:,} | {label(kind, args.rerank)} | failed after {wall:.0f} s: "
+                          f"{last} |", flush=True)
                     continue
                 r = json.loads(out.stdout.strip().splitlines()[-1])
-                print(f"| {n:,} | {LABELS[kind]} | {r['build_s']:.1f} | {r['tune_s']:.1f} | {r['param']} | {r['query_s']:.2f} | "
+                print(f"| {n:,} | {label(kind, args.rerank, r.get('pq_m'))} | {r['build_s']:.1f} | {r['tune_s']:.1f} | {r['param']} | {r['query_s']:.2f} | "
                       f"{r['full_pass_s']:.0f} | {r['recall']:.3f} | {r['peak_rss_mb']:.0f} | {r['peak_anon_mb']:.0f} | "
                       f"{r['bytes_per_vector']:.0f} |", flush=True)
 

@@ -42,6 +42,45 @@ def _format_table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
+def _rerank_option(value: str | None) -> int | None:
+    """``--rerank R`` as a whole number >= 0 (None when not given); a one-line error otherwise."""
+    if value is None:
+        return None
+    from deepmetric.errors import ConfigError
+
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        from deepmetric.search_index import safe_text
+
+        raise ConfigError(f"--rerank must be a whole number >= 0 (re-rank R x k candidates exactly; 0 turns it off), "
+                          f"got '{safe_text(value, 40)}'")
+    return number
+
+
+def _open_saved_index(args: argparse.Namespace) -> Any:
+    """The saved index ``args.gallery``, with ``--rerank`` (when given) replacing the sidecar's."""
+    from deepmetric.search_index import SearchIndex
+
+    index = SearchIndex.load(args.gallery)
+    rerank = _rerank_option(args.rerank)
+    if rerank is not None:
+        index.rerank = rerank
+    return index
+
+
+def _refuse_rerank_without_index(args: argparse.Namespace) -> None:
+    """A one-line error for ``search --rerank R`` (R > 0) on a gallery that is searched exactly."""
+    if _rerank_option(args.rerank):
+        from deepmetric.errors import InputError
+        from deepmetric.search_index import safe_text
+
+        raise InputError(f"--rerank re-ranks the candidates of a saved index, but '{safe_text(args.gallery)}' is "
+                         "searched exactly already; leave out --rerank")
+
+
 def _metrics_table(metrics: dict[str, float]) -> str:
     from deepmetric.evaluation.report import order_metrics
 
@@ -207,14 +246,14 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     saved_index = shards = None
     if Path(args.gallery + ".json").is_file() and not args.gallery.endswith(".npz"):
-        from deepmetric.search_index import SearchIndex
-
-        saved_index = SearchIndex.load(args.gallery)
+        saved_index = _open_saved_index(args)
     elif Path(args.gallery).is_dir():
         from deepmetric.deploy.sharded_embed import load_shards
 
+        _refuse_rerank_without_index(args)
         shards = load_shards(args.gallery)
     else:
+        _refuse_rerank_without_index(args)
         gallery = load_embeddings(args.gallery)
     if len(args.queries) == 1 and args.queries[0].endswith(".npz"):
         qset = load_embeddings(args.queries[0])
@@ -275,15 +314,14 @@ def cmd_search_match(args: argparse.Namespace) -> int:
         print(f"note: --match uses the calibration's metric ({calibration.metric})", file=sys.stderr)
     saved_index = None
     if Path(args.gallery + ".json").is_file() and not args.gallery.endswith(".npz"):
-        from deepmetric.search_index import SearchIndex
-
-        saved_index = SearchIndex.load(args.gallery)
+        saved_index = _open_saved_index(args)
         if saved_index.metric != calibration.metric:
             raise DataError(f"the saved index uses {saved_index.metric} but the calibration {calibration.metric}; "
                             f"rebuild the index with --metric {calibration.metric}")
         if args.claims:
             raise DataError("--claims needs an .npz gallery (from `deepmetric embed`), not a saved index")
     else:
+        _refuse_rerank_without_index(args)
         gallery = load_embeddings(args.gallery)
     if len(args.queries) == 1 and args.queries[0].endswith(".npz"):
         qset = load_embeddings(args.queries[0])
@@ -371,7 +409,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     report = build_index_from_source(
         args.embeddings, args.output, kind=args.kind, metric=args.metric, nlist=args.nlist, pq_m=args.pq_m,
         nprobe=args.nprobe, ef_search=args.ef_search, target_recall=args.target_recall or None,
-        n_queries=args.queries, seed=args.seed,
+        n_queries=args.queries, seed=args.seed, rerank=_rerank_option(args.rerank) or 0,
     )
     print(report.summary())
     return 0
@@ -558,6 +596,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--claims", action="store_true",
                    help="with --match: verify each query against its own label (folder name or .npz label) as the "
                    "claimed identity; 'no match' when it matches someone else")
+    p.add_argument("--rerank", default=None, metavar="R",
+                   help="saved index only: re-score R x k candidates exactly from the embeddings it was built from "
+                   "(read from disk, only those rows) and keep the best k (default: the index's, set by "
+                   "`deepmetric index --rerank`; 0 turns it off)")
     _common(p)
     p.set_defaults(handler=cmd_search)
 
@@ -614,6 +656,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", type=int, default=1000, metavar="Q",
                    help="gallery items used as queries to measure recall (default: 1000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the training and query samples (default: 0)")
+    p.add_argument("--rerank", default="0", metavar="R",
+                   help="searches fetch R x k candidates and re-score them exactly from the embeddings (which must "
+                   "stay in place; R x k row reads per query, no extra memory); the recall and --target-recall "
+                   "measure that search (default: 0, off; try 10 for ivfpq)")
     p.set_defaults(handler=cmd_index)
 
     p = sub.add_parser(

@@ -594,6 +594,12 @@ class ShardSet:
     def __len__(self) -> int:
         return self.shards[-1].stop if self.shards else 0
 
+    @property
+    def location(self) -> Path:
+        """Where the set was opened from: the shard folder (with a manifest), else the first
+        (for :meth:`from_file`, the only) embeddings file."""
+        return self.folder if self.manifest is not None else self.shards[0].path
+
     @classmethod
     def from_file(cls, path: str | Path) -> ShardSet:
         """A single embeddings ``.npz`` (see :mod:`deepmetric.embeddings_io`) seen as one shard."""
@@ -635,17 +641,31 @@ class ShardSet:
                             shard.path.name, lo)
             del arrays, emb, labels, paths
 
-    def take(self, indices: np.ndarray) -> np.ndarray:
+    def embedding_arrays(self) -> list[np.ndarray]:
+        """Each shard's ``embeddings`` array, in shard order: read-only memory maps where stored
+        uncompressed (``np.memmap``), else read into memory. Hand them to :meth:`take` to gather
+        rows many times without reopening the files."""
+        arrays = []
+        for shard in self.shards:
+            emb = shard.arrays().get("embeddings")
+            if emb is None or emb.ndim != 2 or emb.shape != (shard.stop - shard.start, self.dim):
+                raise DataError(f"shard '{shard.path}' holds no {shard.stop - shard.start} x {self.dim} 'embeddings' "
+                                "array; re-create it with `deepmetric embed`")
+            arrays.append(emb)
+        return arrays
+
+    def take(self, indices: np.ndarray, arrays: Sequence[np.ndarray] | None = None) -> np.ndarray:
         """Embeddings (stored dtype) of the global rows ``indices`` (any order), reading only
-        those rows."""
+        those rows (``arrays``: :meth:`embedding_arrays`, opened once; default: open each shard
+        that holds a requested row)."""
         indices = np.asarray(indices, dtype=np.int64)
         out = np.empty((len(indices), self.dim), dtype=np.dtype(self.dtype))
-        for shard in self.shards:
+        for number, shard in enumerate(self.shards):
             mask = (indices >= shard.start) & (indices < shard.stop)
             if mask.any():
                 local = indices[mask] - shard.start
                 order = np.argsort(local, kind="stable")
-                emb = shard.arrays()["embeddings"]
+                emb = arrays[number] if arrays is not None else shard.arrays()["embeddings"]
                 rows = np.empty((len(local), self.dim), dtype=out.dtype)
                 rows[order] = emb[local[order]]
                 out[mask] = rows
