@@ -53,7 +53,7 @@ def _rerank_option(value: str | None) -> int | None:
     except ValueError:
         number = -1
     if number < 0:
-        from deepmetric.search_index import safe_text
+        from deepmetric.messages import safe_text
 
         raise ConfigError(f"--rerank must be a whole number >= 0 (re-rank R x k candidates exactly; 0 turns it off), "
                           f"got '{safe_text(value, 40)}'")
@@ -75,7 +75,7 @@ def _refuse_rerank_without_index(args: argparse.Namespace) -> None:
     """A one-line error for ``search --rerank R`` (R > 0) on a gallery that is searched exactly."""
     if _rerank_option(args.rerank):
         from deepmetric.errors import InputError
-        from deepmetric.search_index import safe_text
+        from deepmetric.messages import safe_text
 
         raise InputError(f"--rerank re-ranks the candidates of a saved index, but '{safe_text(args.gallery)}' is "
                          "searched exactly already; leave out --rerank")
@@ -238,11 +238,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     import numpy as np
 
     from deepmetric.embeddings_io import load_embeddings
-    from deepmetric.errors import DataError
+    from deepmetric.errors import DataError, InputError
     from deepmetric.inference import collect_images, embed_images, load_model, search_gallery
-
-    from deepmetric.errors import InputError
-    from deepmetric.search_index import prepare_vectors, safe_text
+    from deepmetric.messages import safe_text
+    from deepmetric.search_index import prepare_vectors
 
     saved_index = shards = None
     if Path(args.gallery + ".json").is_file() and not args.gallery.endswith(".npz"):

@@ -61,7 +61,6 @@ import os
 import re
 import tempfile
 import time
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,9 +70,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from deepmetric.errors import ConfigError, DataError, DeepMetricError, InputError
+from deepmetric.messages import safe_text, schema_problem
 
 if TYPE_CHECKING:
-    from deepmetric.deploy.sharded_embed import ShardSet
+    from deepmetric.shard_store import ShardSet
 
 __all__ = [
     "INDEX_KINDS",
@@ -316,38 +316,6 @@ class _LegacySidecar(BaseModel):
     dim: int = Field(gt=0, le=1_000_000)
 
 
-def safe_text(value: Any, limit: int | None = None) -> str:
-    """``str(value)`` with control, format (bidi) and separator characters replaced by visible
-    escapes (``\\x1b``, ``\\n``, ``\\u202e``), so a printed path or label cannot drive the
-    terminal; ``limit`` truncates (with ``...``)."""
-    text = str(value)
-    out = []
-    for ch in text:
-        if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") or ch in "\x7f":
-            code = ord(ch)
-            out.append({"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(ch) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"))
-        else:
-            out.append(ch)
-    text = "".join(out)
-    return text if limit is None or len(text) <= limit else text[: max(0, limit - 3)] + "..."
-
-
-def schema_problem(exc: ValidationError) -> str:
-    """The first problem of a pydantic validation error, one line, safe to print."""
-    first = exc.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "the top level"
-    where = safe_text(where, 60)
-    if first["type"] == "missing":
-        problem = f"missing key '{where}'"
-    elif first["type"] == "extra_forbidden":
-        problem = f"unknown key '{where}'"
-    else:
-        message = str(first["msg"]).removeprefix("Value error, ")
-        problem = f"bad value at '{where}' ({safe_text(message, 160)})"
-    more = exc.error_count() - 1
-    return problem + (f" (and {more} more problem{'s' if more > 1 else ''})" if more > 0 else "")
-
-
 def _sidecar_path(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
@@ -454,7 +422,7 @@ def open_stored_rows(source: str | Path | ShardSet | None, metric: str, count: i
     """:class:`StoredRows` over ``source`` (a path, or an open ShardSet), which must hold
     ``count`` rows of ``dim`` stored so they can be memory-mapped. Raises :class:`DataError`, one
     line naming the problem and the fix, otherwise."""
-    from deepmetric.deploy.sharded_embed import ShardSet, open_embeddings
+    from deepmetric.shard_store import ShardSet, open_embeddings
 
     what = "re-ranking reads the full vectors from the embeddings the index was built from"
     if source is None:

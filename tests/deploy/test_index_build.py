@@ -19,15 +19,13 @@ from deepmetric.deploy.index_build import build_index_from_source, bytes_per_vec
 from deepmetric.deploy.sharded_embed import (  # noqa: E402
     EmbedPlan,
     ModelRef,
-    ShardSet,
-    ShardView,
     check_output,
     embed_shard,
     finalize,
     inputs_sha256,
-    load_shards,
     write_plan,
 )
+from deepmetric.shard_store import ShardSet, ShardView, load_shards  # noqa: E402
 from deepmetric.embeddings_io import save_embeddings  # noqa: E402
 from deepmetric.errors import DeepMetricError  # noqa: E402
 from deepmetric.search_index import SearchIndex, build_index, prepare_vectors  # noqa: E402
