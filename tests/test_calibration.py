@@ -128,33 +128,13 @@ def test_match_no_match_unknown() -> None:
 # ----------------------------------------------------------------------------- trained toy run
 
 
-def _toy_recipe(tmp_path: Path, name: str, **changes: object) -> Path:
-    import yaml
-
-    recipe = {
-        "seed": 3, "device": "cpu",
-        "data": {"name": "toy_training:toy_dataset", "num_workers": 0, "val_fraction": 0.25},
-        "sampler": {"p": 3, "k": 3},
-        "model": {"name": "toy_training:tiny_model", "embedding_dim": 8},
-        "loss": {"name": "contrastive"},
-        "optimizer": {"name": "sgd", "lr": 0.05},
-        "scheduler": {"name": "cosine", "warmup_steps": 2},
-        "trainer": {"steps": 4, "eval_every": 4, "checkpoint_every": 4, "log_every": 2},
-        "eval": {"select_metric": "map@r", "batch_size": 16, "k_values": [1]},
-    }
-    for key, value in changes.items():
-        section, field = key.split("__")
-        recipe[section][field] = value  # type: ignore[index]
-    path = tmp_path / f"{name}.yaml"
-    path.write_text("# toy\n" + yaml.safe_dump(recipe), encoding="utf-8")
-    return path
-
-
 @pytest.fixture
 def toy_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Path:
     monkeypatch.syspath_prepend(str(TOY_DIR))
+    from toy_training import write_toy_recipe  # type: ignore[import-not-found]
+
     run = tmp_path / "run"
-    assert main(["train", str(_toy_recipe(tmp_path, "toy")), "--out", str(run), "--no-progress"]) == 0
+    assert main(["train", str(write_toy_recipe(tmp_path)), "--out", str(run), "--no-progress"]) == 0
     capsys.readouterr()
     return run
 
@@ -206,7 +186,9 @@ def test_cli_one_line_errors(toy_run: Path, tmp_path: Path, monkeypatch, capsys)
     one_line_error(["calibrate", str(toy_run), "--precision", "0", "--no-progress"], "between 0 and 1")
     # a run without a validation split
     no_val = tmp_path / "no_val"
-    recipe = _toy_recipe(tmp_path, "noval", data__val_fraction=0.0, eval__split="test")
+    from toy_training import write_toy_recipe  # type: ignore[import-not-found]  (on sys.path via toy_run)
+
+    recipe = write_toy_recipe(tmp_path, "noval", data__val_fraction=0.0, eval__split="test")
     assert main(["train", str(recipe), "--out", str(no_val), "--no-progress"]) == 0
     capsys.readouterr()
     one_line_error(["calibrate", str(no_val), "--no-progress"], "no validation split")

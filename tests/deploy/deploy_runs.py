@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
+from torch import Tensor, nn
 
 from deepmetric.config import load_config, save_config
 from deepmetric.models.contracts import trained_outputs
@@ -102,3 +102,15 @@ def run_factory(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201 - a f
         return made[family]
 
     return get
+
+
+def run_exported(fmt: str, path: Path, inputs: tuple[Tensor, ...]) -> np.ndarray:
+    """The output of an exported file run by its own runtime (onnxruntime, torch.export, TorchScript)."""
+    if fmt == "onnx":
+        ort = pytest.importorskip("onnxruntime")
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        return session.run(None, {n: t.numpy() for n, t in zip(names, inputs)})[0]
+    module = torch.export.load(str(path)).module() if fmt == "export" else torch.jit.load(str(path))
+    with torch.inference_mode():
+        return module(*inputs).numpy()

@@ -30,7 +30,7 @@ from deepmetric.models.contracts import embedding_of
 from deepmetric.models.registry import MODELS
 from deepmetric.training import load_trained
 
-from deploy_runs import FAMILIES, IMAGE_SIZE, make_run, run_factory, write_images  # noqa: F401  (fixture)
+from deploy_runs import FAMILIES, IMAGE_SIZE, make_run, run_exported, run_factory, write_images  # noqa: F401  (fixture)
 
 #: TorchScript itself is deprecated in this torch; the tests still check the files it writes
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.:FutureWarning")
@@ -56,17 +56,6 @@ def _pytorch(run: Path, inputs: tuple[Tensor, ...]) -> np.ndarray:
         return embedding_of(model, model(*inputs)).numpy()
 
 
-def _run_file(fmt: str, path: Path, inputs: tuple[Tensor, ...]) -> np.ndarray:
-    if fmt == "onnx":
-        ort = pytest.importorskip("onnxruntime")
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        names = [i.name for i in session.get_inputs()]
-        return session.run(None, {n: t.numpy() for n, t in zip(names, inputs)})[0]
-    module = torch.export.load(str(path)).module() if fmt == "export" else torch.jit.load(str(path))
-    with torch.inference_mode():
-        return module(*inputs).numpy()
-
-
 @pytest.mark.parametrize("fmt", list(FORMATS))
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_export_computes_the_pytorch_embedding(run_factory: Any, tmp_path: Path, family: str, fmt: str) -> None:
@@ -76,7 +65,7 @@ def test_export_computes_the_pytorch_embedding(run_factory: Any, tmp_path: Path,
     out = tmp_path / f"model{FORMATS[fmt]}"
     manifest = export_run(run, out)
     inputs = _inputs(family)
-    got, want = _run_file(fmt, out, inputs), _pytorch(run, inputs)
+    got, want = run_exported(fmt, out, inputs), _pytorch(run, inputs)
     assert got.shape == want.shape == (BATCH, 8 if family != "multilevel" else 16)
     assert np.abs(got - want).max() <= 1e-4
     # the manifest beside the file
@@ -173,7 +162,7 @@ def test_a_batch_baked_into_the_graph_says_static_batch(custom_run: Any, tmp_pat
     manifest = export_run(run, out, static_batch=2)
     assert manifest.batch == 2 and manifest.inputs[0].shape == [2, 3, 8, 8]
     x = torch.randn(2, 3, 8, 8)
-    assert np.abs(_run_file(fmt, out, (x,)) - _pytorch(run, (x,))).max() <= 1e-4
+    assert np.abs(run_exported(fmt, out, (x,)) - _pytorch(run, (x,))).max() <= 1e-4
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
@@ -200,7 +189,7 @@ def test_torch_export_of_the_recurrent_audio_model_names_onnx(tmp_path: Path) ->
     export_run(run, tmp_path / "rnn.onnx")
     inputs = (torch.randn(2, 9, 40), torch.tensor([9, 4]))
     inputs[0][1, 4:] = 0
-    assert np.abs(_run_file("onnx", tmp_path / "rnn.onnx", inputs) - _pytorch(run, inputs)).max() <= 1e-4
+    assert np.abs(run_exported("onnx", tmp_path / "rnn.onnx", inputs) - _pytorch(run, inputs)).max() <= 1e-4
 
 
 def test_bad_inputs_are_one_line_errors(run_factory: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -239,5 +228,5 @@ def test_cli_export_with_format_override(run_factory: Any, tmp_path: Path, capsy
     assert "TorchScript export of 'embedder'" in printed and str(manifest_path(out)) in printed
     assert ExportManifest.read(manifest_path(out)).format == "torchscript"
     x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
-    assert np.abs(_run_file("torchscript", out, (x,)) - _pytorch(run, (x,))).max() <= 1e-4
+    assert np.abs(run_exported("torchscript", out, (x,)) - _pytorch(run, (x,))).max() <= 1e-4
 

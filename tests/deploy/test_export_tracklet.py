@@ -31,6 +31,7 @@ from deepmetric.errors import InputError
 from deepmetric.models.contracts import embedding_of
 from deepmetric.training import load_trained
 
+from deploy_runs import run_exported
 from tracklet_runs import EMBEDDING_DIM, HEIGHT, WIDTH, make_clip, make_tracklet_run, save_clip
 
 #: TorchScript itself is deprecated in this torch; the tests still check the files it writes
@@ -72,17 +73,6 @@ def _alone(run: Path, padded: Tensor, mask: Tensor) -> np.ndarray:
         return np.concatenate([embedding_of(model, model(c[m][None])).numpy() for c, m in zip(padded, mask)])
 
 
-def _run_file(fmt: str, path: Path, inputs: tuple[Tensor, ...]) -> np.ndarray:
-    if fmt == "onnx":
-        ort = pytest.importorskip("onnxruntime")
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        names = [i.name for i in session.get_inputs()]
-        return session.run(None, {n: t.numpy() for n, t in zip(names, inputs)})[0]
-    module = torch.export.load(str(path)).module() if fmt == "export" else torch.jit.load(str(path))
-    with torch.inference_mode():
-        return module(*inputs).numpy()
-
-
 @pytest.mark.parametrize("fmt", list(FORMATS))
 def test_export_of_a_tracklet_run_computes_the_model_embedding(runs: dict[str, Path], tmp_path: Path, fmt: str) -> None:
     if fmt == "onnx":
@@ -94,14 +84,14 @@ def test_export_of_a_tracklet_run_computes_the_model_embedding(runs: dict[str, P
     assert padded.shape == (len(LENGTHS), max(LENGTHS), 3, HEIGHT, WIDTH) and mask.sum(1).tolist() == list(LENGTHS)
     # padded frames hold noise: the file must ignore them, not rely on their being zero
     noisy = torch.where(mask[:, :, None, None, None], padded, torch.randn(padded.shape))
-    got = _run_file(fmt, out, (noisy, mask))
+    got = run_exported(fmt, out, (noisy, mask))
     want = _model_embedding(run, padded, mask)
     assert got.shape == want.shape == (len(LENGTHS), EMBEDDING_DIM)
     assert np.abs(got - want).max() <= 1e-4
     assert np.abs(got - _alone(run, padded, mask)).max() <= 1e-4
     # a batch of one single-frame clip (Market-1501's clips) and a different batch size
     one = padded[2:3, :1], mask[2:3, :1]
-    assert np.abs(_run_file(fmt, out, one) - want[2:3]).max() <= 1e-4
+    assert np.abs(run_exported(fmt, out, one) - want[2:3]).max() <= 1e-4
     # the manifest says what the file takes
     saved = json.loads(manifest_path(out).read_text())
     assert ExportManifest.read(manifest_path(out)) == manifest
@@ -131,7 +121,7 @@ def test_static_batch_export_keeps_the_frame_count_dynamic(runs: dict[str, Path]
     assert manifest.batch == 2
     assert [t.shape for t in manifest.inputs] == [[2, "frames", 3, HEIGHT, WIDTH], [2, "frames"]]
     padded, mask = _evaluation_batch(run, [make_clip(5, 1), make_clip(2, 2)])
-    assert np.abs(_run_file("onnx", out, (padded, mask)) - _model_embedding(run, padded, mask)).max() <= 1e-4
+    assert np.abs(run_exported("onnx", out, (padded, mask)) - _model_embedding(run, padded, mask)).max() <= 1e-4
 
 
 def test_a_file_that_does_not_ignore_padding_is_refused(runs: dict[str, Path], tmp_path: Path,

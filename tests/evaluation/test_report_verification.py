@@ -192,29 +192,12 @@ def test_large_test_sets_use_the_seeded_pair_sample(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- through the CLI
 
 
-def _toy_recipe(tmp_path: Path) -> Path:
-    import yaml
-
-    recipe = {
-        "seed": 3, "device": "cpu",
-        "data": {"name": "toy_training:toy_dataset", "num_workers": 0, "val_fraction": 0.25},
-        "sampler": {"p": 3, "k": 3},
-        "model": {"name": "toy_training:tiny_model", "embedding_dim": 8},
-        "loss": {"name": "contrastive"},
-        "optimizer": {"name": "sgd", "lr": 0.05},
-        "scheduler": {"name": "cosine", "warmup_steps": 2},
-        "trainer": {"steps": 4, "eval_every": 4, "checkpoint_every": 4, "log_every": 2},
-        "eval": {"select_metric": "map@r", "batch_size": 16, "k_values": [1]},
-    }
-    path = tmp_path / "toy.yaml"
-    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
-    return path
-
-
 def test_calibrate_refreshes_the_report_with_the_point(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.syspath_prepend(str(TOY_DIR))
+    from toy_training import write_toy_recipe  # type: ignore[import-not-found]
+
     run = tmp_path / "run"
-    assert main(["train", str(_toy_recipe(tmp_path)), "--out", str(run), "--no-progress"]) == 0
+    assert main(["train", str(write_toy_recipe(tmp_path)), "--out", str(run), "--no-progress"]) == 0
     capsys.readouterr()
     html = (run / "report.html").read_text(encoding="utf-8")
     assert "plots/verification_roc.png" in _images(html) and "--far 1e-3" in html  # not calibrated yet

@@ -5,6 +5,7 @@ ones are missing) a P x K sampler and an evaluator."""
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,31 @@ class ToyDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
         x = self.items[i]
         return (self.transform(x) if self.transform is not None else x), self.labels[i]
+
+
+def write_toy_recipe(folder: Path, name: str = "toy", **changes: object) -> Path:
+    """``folder/<name>.yaml``: a 4-step recipe of the toy dataset and model named by import path
+    (``toy_training`` must be importable, e.g. via ``monkeypatch.syspath_prepend``); each change
+    ``section__key=value`` sets one key."""
+    import yaml
+
+    recipe: dict[str, dict[str, Any] | Any] = {
+        "seed": 3, "device": "cpu",
+        "data": {"name": "toy_training:toy_dataset", "num_workers": 0, "val_fraction": 0.25},
+        "sampler": {"p": 3, "k": 3},
+        "model": {"name": "toy_training:tiny_model", "embedding_dim": 8},
+        "loss": {"name": "contrastive"},
+        "optimizer": {"name": "sgd", "lr": 0.05},
+        "scheduler": {"name": "cosine", "warmup_steps": 2},
+        "trainer": {"steps": 4, "eval_every": 4, "checkpoint_every": 4, "log_every": 2},
+        "eval": {"select_metric": "map@r", "batch_size": 16, "k_values": [1]},
+    }
+    for key, value in changes.items():
+        section, field = key.split("__")
+        recipe[section][field] = value
+    path = Path(folder) / f"{name}.yaml"
+    path.write_text("# toy\n" + yaml.safe_dump(recipe), encoding="utf-8")
+    return path
 
 
 def toy_dataset(split: str, transform: Any = None, n_classes: int = 8, per_class: int = 6) -> ToyDataset:
