@@ -655,20 +655,7 @@ def config_to_yaml(config: Config) -> str:
 
 
 def save_config(config: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML (atomically: temporary file, then rename)."""
-    import os
-    import tempfile
+    """Write the resolved config as YAML, atomically (:func:`deepmetric.atomic_io.atomic_write`)."""
+    from deepmetric.atomic_io import atomic_write
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(config_to_yaml(config))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a config is as readable as any file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: handle.write(config_to_yaml(config).encode("utf-8")))

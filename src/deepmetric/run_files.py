@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, TypeVar
@@ -43,6 +41,7 @@ from pydantic import (
     model_validator,
 )
 
+from deepmetric.atomic_io import atomic_write
 from deepmetric.errors import DataError
 
 __all__ = [
@@ -357,37 +356,13 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _umask() -> int:
-    """The process umask (read without changing it where /proc allows)."""
-    try:
-        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def write_run_file(model: BaseModel, path: str | Path) -> Path:
     """Write ``model`` as indented JSON to ``path`` atomically (temporary file in the same
     folder, fsync, ``os.replace``): a crash leaves the previous file intact. Non-finite floats
     become ``null``; the file gets mode ``0o666 & ~umask``. Returns ``path``."""
     path = Path(path)
     text = json.dumps(_jsonable(model.model_dump(mode="json")), indent=2, allow_nan=False) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode("utf-8"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
     return path
 
 

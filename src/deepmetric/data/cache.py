@@ -39,7 +39,6 @@ import hashlib
 import json
 import os
 import stat
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -53,6 +52,7 @@ import torchvision.transforms.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
+from deepmetric.atomic_io import atomic_write
 from deepmetric.errors import ConfigError
 
 __all__ = [
@@ -338,19 +338,6 @@ def _digest(obj: Any) -> str:
     return hashlib.blake2b(json.dumps(obj, sort_keys=True).encode(), digest_size=12).hexdigest()
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_index(path: Path, signature: str, data: Path) -> _Index | None:
     try:
         meta = json.loads(path.read_text())
@@ -374,11 +361,11 @@ def _build_disk(readers: Sequence[Callable[[], Image.Image]], mode: str | None, 
             shapes.append(array.shape)
             originals.append(original)
 
-    _atomic_write(data, write)
+    atomic_write(data, write)
     index = _Index.of(shapes, originals)
     meta = {"format": CACHE_FORMAT, "signature": signature, "shapes": index.shapes.tolist(),
             "offsets": index.offsets.tolist(), "originals": index.originals.tolist()}
-    _atomic_write(index_path, lambda handle: handle.write(json.dumps(meta).encode()))
+    atomic_write(index_path, lambda handle: handle.write(json.dumps(meta).encode()))
     return index
 
 

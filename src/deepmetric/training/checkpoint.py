@@ -9,14 +9,12 @@ or Ctrl-C during the write leaves the previous file intact.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
+from deepmetric.atomic_io import atomic_write
 from deepmetric.errors import DataError
 
 __all__ = [
@@ -25,31 +23,6 @@ __all__ = [
 
 #: version of the checkpoint dict layout (see docs/run_folder.md)
 CHECKPOINT_FORMAT = 1
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call ``write(handle)`` on a temporary file next to ``path``, fsync it, then rename it to
-    ``path``. On any error (or KeyboardInterrupt) the temporary file is removed and ``path`` keeps
-    its previous content."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; run files are as readable as any other
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
