@@ -82,7 +82,8 @@ class DataConfig(_Section):
     val_by: Literal["classes", "items"] = Field(
         "classes",
         description="carve validation from whole training classes (zero-shot retrieval) or from "
-        "items of every class (closed-set classification)",
+        "items of every class (closed-set classification); 'classes' falls back to items, with a warning, "
+        "when fewer than 3 training classes would remain, and sampler.p shrinks (K grows) when fewer than P remain",
     )
     image_size: int | None = Field(
         None, gt=0, description="input side length in pixels; null = the model's default"
