@@ -24,7 +24,7 @@ from test_index_build import clustered, write_shards
 from deepmetric.cli import main
 from deepmetric.deploy.index_build import build_index_from_source
 from deepmetric.embeddings_io import save_embeddings
-from deepmetric.errors import DataError
+from deepmetric.errors import ConfigError, DataError
 from deepmetric.search_index import SearchIndex, prepare_vectors
 
 N, D, K = 10_000, 32, 10
@@ -190,8 +190,8 @@ def test_missing_moved_or_replaced_source_is_one_line(data: tuple[np.ndarray, Pa
         SearchIndex.load(tmp_path / "g.index").search(q, K)
 
 
-def test_old_sidecar_without_rerank_loads_and_in_memory_index_cannot_rerank(data: tuple[np.ndarray, Path, Path],
-                                                                              tmp_path: Path) -> None:
+def test_old_sidecar_without_rerank_loads_and_one_without_source_cannot_rerank(
+        data: tuple[np.ndarray, Path, Path], tmp_path: Path) -> None:
     _, npz, _ = data
     build_index_from_source(npz, tmp_path / "g.index", nprobe=4, n_queries=50, **IVFPQ)
     meta_path = tmp_path / "g.index.json"
@@ -208,7 +208,7 @@ def test_old_sidecar_without_rerank_loads_and_in_memory_index_cannot_rerank(data
     with pytest.raises(DataError, match="records none"):
         SearchIndex.load(tmp_path / "g.index").search(q, K, rerank=10)
     for bad in (-1, 2.5, True):
-        with pytest.raises(Exception, match="rerank must be a whole number >= 0"):
+        with pytest.raises(ConfigError, match="rerank must be a whole number >= 0"):
             index.search(q, K, rerank=bad)  # type: ignore[arg-type]
 
 
